@@ -1,0 +1,386 @@
+//! The consumer: one broker session after another, each feeding deliveries
+//! into a bounded pool of order tasks, until the daemon stops.
+//!
+//! A session connects, opens a consuming channel (with the prefetch as QoS)
+//! and a publishing channel in confirm mode, declares the topology, and
+//! pulls deliveries only when a worker permit is free, so a slow payment
+//! provider slows intake instead of growing memory. When the session dies
+//! (broker restart, closed connection, failed ack), deliveries of the dead
+//! channel are left to the broker to redeliver and a new session starts
+//! after a jittered exponential backoff. On stop, the consumer is cancelled,
+//! in-flight orders get the grace period to finish, the rest is left
+//! unacknowledged, and the connection is closed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use opentelemetry::trace::TraceContextExt as _;
+use rand::Rng as _;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::headers::{self, HeaderExtractor};
+use super::republish::Republisher;
+use super::settler::Settler;
+use super::topology::{self, Names};
+use super::{AmqpError, connect};
+use crate::disposition::{Disposition, ErrorKind, RetryDecision, RetryPolicy};
+use crate::domain::{OrderRepository, PaymentProvider};
+use crate::health::Health;
+use crate::metrics::{Metrics, Outcome};
+use crate::telemetry;
+use crate::usecase::{ProcessError, ProcessOrder};
+
+/// Everything the consumer needs to know, taken from the settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub url: String,
+    pub names: Names,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub grace: Duration,
+}
+
+pub struct AmqpConsumer<P, R> {
+    settings: ConsumerSettings,
+    usecase: Arc<ProcessOrder<P, R>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// What every order task of one session shares.
+struct Session<P, R> {
+    usecase: Arc<ProcessOrder<P, R>>,
+    metrics: Arc<Metrics>,
+    settler: Settler,
+    republisher: Republisher,
+    names: Names,
+    retry: RetryPolicy,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
+    pub fn new(
+        settings: ConsumerSettings,
+        usecase: Arc<ProcessOrder<P, R>>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            settings,
+            usecase,
+            metrics,
+            health,
+        }
+    }
+
+    /// Consumes until `stop` is cancelled, reconnecting whenever the broker
+    /// goes away. Returns once in-flight orders are settled or abandoned.
+    pub async fn run(self, stop: CancellationToken) {
+        let workers = TaskTracker::new();
+        let interrupt = CancellationToken::new();
+        let mut backoff = BACKOFF_MIN;
+        let mut reconnecting = false;
+        while !stop.is_cancelled() {
+            let started = Instant::now();
+            let ended = self.session(&stop, &workers, &interrupt, reconnecting).await;
+            self.health.set_broker(false);
+            let Err(error) = ended else { break };
+            if started.elapsed() > BACKOFF_MAX {
+                backoff = BACKOFF_MIN;
+            }
+            let half = backoff.checked_div(2).unwrap_or(BACKOFF_MIN);
+            let pause = rand::rng().random_range(half..=backoff);
+            tracing::warn!(%error, retry_in_ms = pause.as_millis(), "broker session ended; reconnecting");
+            backoff = backoff.saturating_mul(2).min(BACKOFF_MAX);
+            reconnecting = true;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        // Tasks of sessions that died are still tracked; none may outlive the daemon.
+        drain(&workers, &interrupt, self.settings.grace).await;
+    }
+
+    async fn session(
+        &self,
+        stop: &CancellationToken,
+        workers: &TaskTracker,
+        interrupt: &CancellationToken,
+        reconnecting: bool,
+    ) -> Result<(), AmqpError> {
+        let settings = &self.settings;
+        let connection = connect(&settings.url, "order-processor").await?;
+        let consuming = connection.create_channel().await.map_err(AmqpError::Channel)?;
+        let publishing = connection.create_channel().await.map_err(AmqpError::Channel)?;
+        topology::declare(&consuming, &settings.names, settings.retry.max_attempts)
+            .await
+            .map_err(AmqpError::Topology)?;
+        consuming
+            .basic_qos(settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(AmqpError::Channel)?;
+        publishing
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(AmqpError::Channel)?;
+
+        let ack_failed = CancellationToken::new();
+        // The settler is tracked with the order tasks: it ends after the last
+        // of them has settled, so draining them drains it too.
+        let settler = Settler::spawn(
+            consuming.clone(),
+            usize::from(settings.prefetch),
+            workers,
+            ack_failed.clone(),
+        );
+        let session = Arc::new(Session {
+            usecase: Arc::clone(&self.usecase),
+            metrics: Arc::clone(&self.metrics),
+            settler,
+            republisher: Republisher::new(publishing.clone(), settings.names.clone()),
+            names: settings.names.clone(),
+            retry: settings.retry,
+        });
+        let consumer = consuming
+            .basic_consume(
+                settings.names.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::Channel)?;
+        let consumer_tag = consumer.tag();
+        self.health.set_broker(true);
+        if reconnecting {
+            self.metrics.reconnected();
+        }
+        tracing::info!(queue = %settings.names.queue, prefetch = settings.prefetch, "consuming");
+
+        let ended = self
+            .pump(consumer, session, stop, &ack_failed, workers, interrupt)
+            .await;
+        ended?;
+
+        // Stopping on purpose: no new deliveries, then let the orders finish.
+        self.health.set_broker(false);
+        if let Err(error) = consuming
+            .basic_cancel(consumer_tag, BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(%error, "could not cancel the consumer");
+        }
+        drain(workers, interrupt, settings.grace).await;
+        close(&connection, &[&publishing, &consuming]).await;
+        Ok(())
+    }
+
+    /// Hands deliveries to order tasks while a worker permit is free.
+    async fn pump(
+        &self,
+        mut consumer: lapin::Consumer,
+        session: Arc<Session<P, R>>,
+        stop: &CancellationToken,
+        ack_failed: &CancellationToken,
+        workers: &TaskTracker,
+        interrupt: &CancellationToken,
+    ) -> Result<(), AmqpError> {
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ok(()),
+                () = ack_failed.cancelled() => return Err(AmqpError::AckFailed),
+                permit = Arc::clone(&permits).acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { return Ok(()) };
+            let delivery = tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ok(()),
+                () = ack_failed.cancelled() => return Err(AmqpError::AckFailed),
+                delivery = consumer.next() => delivery,
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return Err(AmqpError::Channel(error)),
+                None => return Err(AmqpError::ConsumerCancelled),
+            };
+            let session = Arc::clone(&session);
+            let interrupt = interrupt.clone();
+            workers.spawn(async move {
+                handle(&session, delivery, &interrupt).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Waits for in-flight orders; past `grace`, interrupts them (they are left
+/// unacknowledged) and waits for them to notice.
+async fn drain(workers: &TaskTracker, interrupt: &CancellationToken, grace: Duration) {
+    workers.close();
+    if tokio::time::timeout(grace, workers.wait()).await.is_err() {
+        tracing::warn!(grace_ms = grace.as_millis(), "grace period over; leaving unfinished orders for redelivery");
+        interrupt.cancel();
+        workers.wait().await;
+    }
+    workers.reopen();
+}
+
+async fn close(connection: &Connection, channels: &[&Channel]) {
+    for channel in channels {
+        if let Err(error) = channel.close(200, "stopping".into()).await {
+            tracing::debug!(%error, "channel already closed");
+        }
+    }
+    if let Err(error) = connection.close(200, "stopping".into()).await {
+        tracing::debug!(%error, "connection already closed");
+    }
+}
+
+/// Processes one delivery and settles it, inside its consumer span.
+async fn handle<P: PaymentProvider, R: OrderRepository>(
+    session: &Session<P, R>,
+    delivery: Delivery,
+    interrupt: &CancellationToken,
+) {
+    let started = Instant::now();
+    session.metrics.in_flight().inc();
+    let attempt = headers::attempt(&delivery.properties);
+    let span = consumer_span(&session.names, &delivery, attempt);
+    let trace_id = telemetry::trace_id(&span);
+
+    let result = tokio::select! {
+        biased;
+        () = interrupt.cancelled() => Err(ProcessError::Interrupted),
+        result = session.usecase.execute(&delivery.data, trace_id).instrument(span.clone()) => result,
+    };
+    let disposition = Disposition::of(&result);
+    let (outcome, kind) = settle(session, &delivery, attempt, disposition)
+        .instrument(span.clone())
+        .await;
+
+    span.record("messaging.rabbitmq.outcome", outcome_name(outcome));
+    if let Err(error) = &result {
+        span.record("error.type", kind.map_or("interrupted", ErrorKind::as_str));
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", tracing::field::display(error));
+    }
+    session.metrics.in_flight().dec();
+    session
+        .metrics
+        .delivery_settled(outcome, kind.map_or("", ErrorKind::as_str), started.elapsed());
+}
+
+/// The consumer span, a child of the publisher's span when the message
+/// carries a `traceparent` (OpenTelemetry messaging conventions).
+fn consumer_span(names: &Names, delivery: &Delivery, attempt: u32) -> tracing::Span {
+    let properties = &delivery.properties;
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {}", names.queue),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %names.queue,
+        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+        messaging.message.id = Empty,
+        messaging.message.body.size = delivery.data.len(),
+        messaging.rabbitmq.attempt = attempt,
+        messaging.rabbitmq.outcome = Empty,
+        order.id = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
+    if let Some(id) = properties.message_id() {
+        span.record("messaging.message.id", id.as_str());
+    }
+    let parent = telemetry::extract(&HeaderExtractor(properties.headers().as_ref()));
+    if parent.span().span_context().is_valid() {
+        // A span that was never entered always accepts a parent.
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// Carries out a disposition. Returns how the delivery ended and, for a
+/// failure, its kind.
+async fn settle<P, R>(
+    session: &Session<P, R>,
+    delivery: &Delivery,
+    attempt: u32,
+    disposition: Disposition,
+) -> (Outcome, Option<ErrorKind>) {
+    let tag = delivery.delivery_tag;
+    let (kind, reason) = match disposition {
+        Disposition::Ack => {
+            session.settler.ack(tag).await;
+            return (Outcome::Acked, None);
+        }
+        Disposition::LeaveUnacked => return (Outcome::Requeued, None),
+        Disposition::DeadLetter { kind, reason } => (kind, reason),
+        Disposition::Retry { reason } => match session.retry.after_failure(attempt) {
+            RetryDecision::RetryAfter(delay) => {
+                let parked = session
+                    .republisher
+                    .retry(&delivery.data, &delivery.properties, attempt, delay)
+                    .await;
+                return match parked {
+                    Ok(()) => {
+                        tracing::info!(attempt, delay_ms = delay.as_millis(), %reason, "retrying later");
+                        session.settler.ack(tag).await;
+                        (Outcome::Retried, Some(ErrorKind::Transient))
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not park the message for a retry; requeueing it");
+                        session.settler.requeue(tag).await;
+                        (Outcome::Requeued, Some(ErrorKind::Transient))
+                    }
+                };
+            }
+            RetryDecision::Exhausted => (ErrorKind::RetriesExhausted, reason),
+        },
+    };
+    let moved = session
+        .republisher
+        .dead_letter(&delivery.data, &delivery.properties, attempt, kind.as_str(), &reason)
+        .await;
+    match moved {
+        Ok(()) => {
+            tracing::warn!(error.kind = kind.as_str(), %reason, attempt, "dead-lettered");
+            session.settler.ack(tag).await;
+            (Outcome::DeadLettered, Some(kind))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not dead-letter the message; requeueing it");
+            session.settler.requeue(tag).await;
+            (Outcome::Requeued, Some(kind))
+        }
+    }
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Acked => "acked",
+        Outcome::Retried => "retried",
+        Outcome::DeadLettered => "dead_lettered",
+        Outcome::Requeued => "requeued",
+    }
+}

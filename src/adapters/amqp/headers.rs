@@ -1,0 +1,100 @@
+//! Reading and writing the AMQP headers the daemon cares about: the W3C
+//! trace context and the attempt count.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use opentelemetry::propagation::{Extractor, Injector};
+
+pub const ATTEMPTS: &str = "x-attempts";
+pub const ERROR_KIND: &str = "x-error-kind";
+pub const ERROR_REASON: &str = "x-error-reason";
+
+/// Lets the propagator read `traceparent`/`tracestate` from AMQP headers.
+pub struct HeaderExtractor<'a>(pub Option<&'a FieldTable>);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match self.0?.inner().get(key)? {
+            AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+            AMQPValue::ShortString(value) => Some(value.as_str()),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .map(|table| table.inner().keys().map(ShortString::as_str).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Lets the propagator write the trace context into AMQP headers.
+pub struct HeaderInjector<'a>(pub &'a mut FieldTable);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0
+            .insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+}
+
+/// The attempt this delivery is: one more than the attempts recorded when
+/// it was last sent for a retry, 1 for a fresh message.
+pub fn attempt(properties: &BasicProperties) -> u32 {
+    let recorded = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(ATTEMPTS))
+        .and_then(|value| match value {
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(*n),
+            AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+            AMQPValue::ShortShortInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::ShortShortUInt(n) => Some(u32::from(*n)),
+            _ => None,
+        })
+        .unwrap_or(0);
+    recorded.saturating_add(1)
+}
+
+/// The original properties with `extra` headers set (replacing any of the
+/// same name); everything else is kept as it was.
+pub fn with_headers(properties: &BasicProperties, extra: &[(&str, AMQPValue)]) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    for (name, value) in extra {
+        headers.insert((*name).into(), value.clone());
+    }
+    properties.clone().with_headers(headers)
+}
+
+pub fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_message_is_attempt_one_and_a_retried_one_counts_on() {
+        let fresh = BasicProperties::default();
+        assert_eq!(attempt(&fresh), 1);
+        let retried = with_headers(&fresh, &[(ATTEMPTS, AMQPValue::LongLongInt(3))]);
+        assert_eq!(attempt(&retried), 4);
+        let hostile = with_headers(&fresh, &[(ATTEMPTS, AMQPValue::LongLongInt(-7))]);
+        assert_eq!(attempt(&hostile), 1);
+    }
+
+    #[test]
+    fn extra_headers_keep_the_original_ones() {
+        let original = with_headers(&BasicProperties::default(), &[("traceparent", text("00-x"))])
+            .with_content_type("application/json".into());
+        let dead = with_headers(&original, &[(ERROR_KIND, text("invalid"))]);
+        let headers = dead.headers().clone().unwrap_or_default();
+        assert!(headers.contains_key("traceparent"));
+        assert!(headers.contains_key(ERROR_KIND));
+        assert_eq!(dead.content_type(), original.content_type());
+    }
+}

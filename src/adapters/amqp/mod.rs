@@ -1,0 +1,47 @@
+//! RabbitMQ: topology, the consumer that feeds the worker pool, the
+//! settlement of deliveries (ack, broker-held retry, dead letter) and the
+//! publisher used by `publish`.
+
+mod consumer;
+pub mod headers;
+mod republish;
+mod settler;
+pub mod topology;
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+
+pub use consumer::{AmqpConsumer, ConsumerSettings};
+pub use topology::Names;
+
+/// How long connecting (TCP, TLS, AMQP handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker failure. `Display` never shows the URL or its credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("could not connect to the broker: {0}")]
+    Connect(#[source] lapin::Error),
+    #[error("connecting to the broker timed out")]
+    ConnectTimeout,
+    #[error("could not declare the topology: {0}")]
+    Topology(#[source] lapin::Error),
+    #[error("the broker channel failed: {0}")]
+    Channel(#[source] lapin::Error),
+    #[error("the broker cancelled the consumer")]
+    ConsumerCancelled,
+    #[error("acknowledgements could not be sent")]
+    AckFailed,
+}
+
+/// Opens a connection named after the process, so operators can find it in
+/// the management UI.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err(AmqpError::Connect(error)),
+        Err(_) => Err(AmqpError::ConnectTimeout),
+    }
+}

@@ -1,0 +1,273 @@
+//! `PaymentProvider` over HTTP with reqwest.
+//!
+//! `POST {base}/v1/charges` with `Idempotency-Key: <order_id>` and the
+//! current span's `traceparent`. Answers map to the domain's error classes:
+//! 200/201 charged, 402 declined, other 4xx (but 429) rejected, 429/5xx,
+//! timeouts and connection failures unavailable (transient). One client is
+//! shared by all workers so connections stay alive between charges.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
+use tracing::field::Empty;
+
+use crate::domain::{ChargeId, Order, PaymentError, PaymentProvider, UnavailableReason};
+use crate::metrics::Metrics;
+use crate::telemetry;
+
+/// Larger answers are not read: a charge answer is a few dozen bytes.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentClientError {
+    #[error("PAYMENT_BASE_URL cannot be joined with /v1/charges")]
+    InvalidUrl,
+    #[error("could not build the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+pub struct HttpPaymentProvider {
+    client: reqwest::Client,
+    charges_url: Url,
+    server_address: String,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Serialize)]
+struct ChargeRequest<'a> {
+    order_id: String,
+    customer_id: &'a str,
+    amount_minor: i64,
+    currency: &'a str,
+    payment_token: &'a str,
+}
+
+#[derive(Deserialize)]
+struct ChargeAnswer {
+    charge_id: String,
+    status: String,
+}
+
+impl HttpPaymentProvider {
+    /// `max_connections` is the number of idle connections kept per host:
+    /// the worker pool size, so that no charge waits for a handshake.
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        max_connections: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, PaymentClientError> {
+        let base = Url::parse(base_url).map_err(|_| PaymentClientError::InvalidUrl)?;
+        let charges_url = base
+            .join("/v1/charges")
+            .map_err(|_| PaymentClientError::InvalidUrl)?;
+        let server_address = base.host_str().unwrap_or_default().to_owned();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(max_connections)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(PaymentClientError::Client)?;
+        Ok(Self {
+            client,
+            charges_url,
+            server_address,
+            metrics,
+        })
+    }
+
+    async fn post(&self, order: &Order) -> Result<ChargeId, PaymentError> {
+        let id = order.id().to_string();
+        let total = order.total();
+        let body = serde_json::to_vec(&ChargeRequest {
+            order_id: id.clone(),
+            customer_id: order.customer_id().as_str(),
+            amount_minor: total.minor(),
+            currency: total.currency().as_str(),
+            payment_token: order.payment_token().expose(),
+        })
+        .map_err(|_| unavailable(UnavailableReason::InvalidResponse))?;
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let key = HeaderValue::from_str(&id)
+            .map_err(|_| unavailable(UnavailableReason::InvalidResponse))?;
+        headers.insert(HeaderName::from_static("idempotency-key"), key);
+        telemetry::inject_current(&mut HeaderCarrier(&mut headers));
+
+        let started = Instant::now();
+        let sent = self
+            .client
+            .post(self.charges_url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                self.metrics.payment_request("error", started.elapsed());
+                let reason = if error.is_timeout() {
+                    UnavailableReason::Timeout
+                } else {
+                    UnavailableReason::Connect
+                };
+                return Err(unavailable(reason));
+            }
+        };
+        let status = response.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
+        let answer = read_limited(response).await;
+        self.metrics
+            .payment_request(status_class(status), started.elapsed());
+        classify(status, answer)
+    }
+}
+
+impl PaymentProvider for HttpPaymentProvider {
+    async fn charge(&self, order: &Order) -> Result<ChargeId, PaymentError> {
+        let span = tracing::info_span!(
+            "charge",
+            otel.kind = "client",
+            otel.name = "POST /v1/charges",
+            http.request.method = "POST",
+            server.address = %self.server_address,
+            url.path = "/v1/charges",
+            http.response.status_code = Empty,
+            error.type = Empty,
+            otel.status_code = Empty,
+        );
+        let result = self.post(order).instrument(span.clone()).await;
+        if let Err(error) = &result {
+            span.record("error.type", error_type(error));
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+}
+
+/// Lets the propagator write `traceparent`/`tracestate` into request headers.
+struct HeaderCarrier<'a>(&'a mut HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+fn unavailable(reason: UnavailableReason) -> PaymentError {
+    PaymentError::Unavailable { reason }
+}
+
+fn error_type(error: &PaymentError) -> &'static str {
+    match error {
+        PaymentError::Declined => "payment_declined",
+        PaymentError::Rejected { .. } => "payment_rejected",
+        PaymentError::Unavailable { reason } => match reason {
+            UnavailableReason::Timeout => "timeout",
+            UnavailableReason::Connect => "connect",
+            UnavailableReason::Status(_) => "http_status",
+            UnavailableReason::InvalidResponse => "invalid_response",
+        },
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Reads at most `MAX_ANSWER_BYTES`; `None` if the body was larger or broke.
+async fn read_limited(mut response: reqwest::Response) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len().saturating_add(chunk.len()) > MAX_ANSWER_BYTES {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(body),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Maps an answer to the outcome of the charge (CONTRACT §4).
+fn classify(status: StatusCode, body: Option<Vec<u8>>) -> Result<ChargeId, PaymentError> {
+    match status.as_u16() {
+        200 | 201 => {
+            let answer: ChargeAnswer = body
+                .as_deref()
+                .and_then(|bytes| serde_json::from_slice(bytes).ok())
+                .ok_or(unavailable(UnavailableReason::InvalidResponse))?;
+            // Anything but a settled charge is asked again later under the same key.
+            if answer.status != "succeeded" || answer.charge_id.is_empty() {
+                return Err(unavailable(UnavailableReason::InvalidResponse));
+            }
+            Ok(ChargeId::new(answer.charge_id))
+        }
+        402 => Err(PaymentError::Declined),
+        429 => Err(unavailable(UnavailableReason::Status(429))),
+        code @ 400..=499 => Err(PaymentError::Rejected { status: code }),
+        code => Err(unavailable(UnavailableReason::Status(code))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).unwrap()
+    }
+
+    #[test]
+    fn answers_map_as_the_contract_says() {
+        let ok = br#"{"charge_id":"ch_1","status":"succeeded"}"#.to_vec();
+        assert_eq!(classify(status(201), Some(ok.clone())).unwrap(), ChargeId::new("ch_1"));
+        assert_eq!(classify(status(200), Some(ok)).unwrap(), ChargeId::new("ch_1"));
+        assert!(matches!(classify(status(402), None), Err(PaymentError::Declined)));
+        for code in [400, 409, 422, 404] {
+            assert!(matches!(
+                classify(status(code), None),
+                Err(PaymentError::Rejected { status }) if status == code
+            ));
+        }
+        for code in [429, 500, 502, 503, 504, 302] {
+            assert!(matches!(
+                classify(status(code), None),
+                Err(PaymentError::Unavailable { reason: UnavailableReason::Status(c) }) if c == code
+            ));
+        }
+    }
+
+    #[test]
+    fn an_unreadable_or_unsettled_success_is_asked_again() {
+        for body in [None, Some(b"nope".to_vec()), Some(br#"{"charge_id":"c","status":"pending"}"#.to_vec())] {
+            assert!(matches!(
+                classify(status(200), body),
+                Err(PaymentError::Unavailable { reason: UnavailableReason::InvalidResponse })
+            ));
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! `OrderRepository` over PostgreSQL with sqlx.
+//!
+//! Every order asks "already processed?" and "save this" on its own, but the
+//! questions of concurrent orders are answered together: one
+//! `SELECT … WHERE order_id = ANY($1)` and one `INSERT … SELECT FROM UNNEST(…)
+//! ON CONFLICT DO NOTHING` per batch (see [`crate::batch`]). That keeps the
+//! database at a few statements per hundreds of orders instead of a commit
+//! per order. Queries use bound parameters only.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::batch::{BatchLimits, Batcher};
+use crate::domain::{OrderId, OrderRepository, ProcessedOrder, RepositoryError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A statement that has not answered by then is treated as a lost database.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BATCH: usize = 1000;
+const BATCH_WORKERS: usize = 3;
+
+/// Why the database could not be set up. `Display` never shows the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error("could not connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("could not create the database: {0}")]
+    Create(#[source] sqlx::Error),
+    #[error("could not apply the migrations: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// Builds a lazily connecting pool: the daemon starts even when the
+/// database is down, and becomes ready once it answers.
+pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DatabaseError> {
+    let options = PgConnectOptions::from_str(url).map_err(DatabaseError::InvalidUrl)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("order-processor")))
+}
+
+/// Creates the database if it does not exist, then applies `migrations/`.
+/// Safe to run from several replicas at once: sqlx takes an advisory lock.
+pub async fn migrate(url: &str, pool: &PgPool) -> Result<(), DatabaseError> {
+    let exists = Postgres::database_exists(url)
+        .await
+        .map_err(DatabaseError::Connect)?;
+    if !exists {
+        Postgres::create_database(url)
+            .await
+            .map_err(DatabaseError::Create)?;
+    }
+    MIGRATOR.run(pool).await.map_err(DatabaseError::Migrate)
+}
+
+use sqlx::Postgres;
+
+/// Answers whether the database is reachable, for `/readyz`.
+pub async fn ping(pool: &PgPool) -> bool {
+    let check = sqlx::query("SELECT 1").execute(pool);
+    matches!(tokio::time::timeout(Duration::from_secs(2), check).await, Ok(Ok(_)))
+}
+
+type Shared<T> = Result<T, Arc<sqlx::Error>>;
+
+pub struct PostgresOrders {
+    lookups: Batcher<Uuid, Shared<bool>>,
+    saves: Batcher<ProcessedOrder, Shared<()>>,
+}
+
+impl PostgresOrders {
+    /// Starts the batch workers on `tracker`; they stop once this value
+    /// (and every clone of its handles) is dropped.
+    pub fn new(pool: PgPool, tracker: &TaskTracker, max_waiting: usize) -> Self {
+        let limits = BatchLimits {
+            queue: max_waiting,
+            max_batch: MAX_BATCH,
+            workers: BATCH_WORKERS,
+        };
+        let lookup_pool = pool.clone();
+        let lookups = Batcher::spawn(limits, tracker, move |ids: Vec<Uuid>| {
+            let pool = lookup_pool.clone();
+            async move { lookup_batch(&pool, ids).await }
+        });
+        let saves = Batcher::spawn(limits, tracker, move |orders: Vec<ProcessedOrder>| {
+            let pool = pool.clone();
+            async move { save_batch(&pool, orders).await }
+        });
+        Self { lookups, saves }
+    }
+}
+
+impl OrderRepository for PostgresOrders {
+    async fn is_processed(&self, id: OrderId) -> Result<bool, RepositoryError> {
+        let span = tracing::info_span!(
+            "lookup",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "SELECT",
+            db.collection.name = "orders",
+        );
+        let answer = self.lookups.call(id.as_uuid()).instrument(span).await;
+        flatten(answer)
+    }
+
+    async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
+        let span = tracing::info_span!(
+            "save",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = "orders",
+            db.query.summary = "INSERT orders",
+        );
+        let answer = self.saves.call(order).instrument(span).await;
+        flatten(answer)
+    }
+}
+
+fn flatten<T>(answer: Result<Shared<T>, crate::batch::BatcherClosed>) -> Result<T, RepositoryError> {
+    match answer {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(RepositoryError::Unavailable(Box::new(error))),
+        Err(closed) => Err(RepositoryError::Unavailable(Box::new(closed))),
+    }
+}
+
+async fn with_timeout<T>(
+    query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(STATEMENT_TIMEOUT, query)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
+
+async fn lookup_batch(pool: &PgPool, ids: Vec<Uuid>) -> Vec<Shared<bool>> {
+    let query = sqlx::query_scalar::<_, Uuid>("SELECT order_id FROM orders WHERE order_id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(pool);
+    match with_timeout(query).await {
+        Ok(found) => {
+            let found: HashSet<Uuid> = found.into_iter().collect();
+            ids.iter().map(|id| Ok(found.contains(id))).collect()
+        }
+        Err(error) => vec![Err(Arc::new(error)); ids.len()],
+    }
+}
+
+async fn save_batch(pool: &PgPool, orders: Vec<ProcessedOrder>) -> Vec<Shared<()>> {
+    let count = orders.len();
+    let mut ids = Vec::with_capacity(count);
+    let mut customers = Vec::with_capacity(count);
+    let mut currencies = Vec::with_capacity(count);
+    let mut totals = Vec::with_capacity(count);
+    let mut charges = Vec::with_capacity(count);
+    let mut traces = Vec::with_capacity(count);
+    for order in orders {
+        ids.push(order.order_id.as_uuid());
+        customers.push(order.customer_id.as_str().to_owned());
+        currencies.push(order.currency.as_str().to_owned());
+        totals.push(order.total_minor);
+        charges.push(order.charge_id.as_str().to_owned());
+        traces.push(order.trace_id);
+    }
+    let query = sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, currency, total_minor, charge_id, trace_id) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[]) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&customers)
+    .bind(&currencies)
+    .bind(&totals)
+    .bind(&charges)
+    .bind(&traces)
+    .execute(pool);
+    match with_timeout(query).await {
+        Ok(_) => vec![Ok(()); count],
+        Err(error) => vec![Err(Arc::new(error)); count],
+    }
+}

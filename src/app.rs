@@ -1,0 +1,153 @@
+//! Wiring: the one place that knows every concrete type. It builds the
+//! adapters from the settings, hands them to the use case and the consumer,
+//! and runs until a signal asks it to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::adapters::amqp::{AmqpConsumer, ConsumerSettings, Names};
+use crate::adapters::http_server::{HttpServer, HttpServerError};
+use crate::adapters::payment_http::{HttpPaymentProvider, PaymentClientError};
+use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
+use crate::config::Settings;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::usecase::ProcessOrder;
+
+/// Why the daemon could not run. `Display` is the one line printed before
+/// exiting with code 1; it never shows a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error(transparent)]
+    Payment(#[from] PaymentClientError),
+    #[error(transparent)]
+    Http(#[from] HttpServerError),
+    #[error("could not listen for signals: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+const MIGRATE_RETRY: Duration = Duration::from_secs(2);
+const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+pub fn names(settings: &Settings) -> Names {
+    Names {
+        exchange: settings.amqp.exchange.clone(),
+        routing_key: settings.amqp.routing_key.clone(),
+        queue: settings.amqp.queue.clone(),
+    }
+}
+
+/// Applies the migrations and exits (`order-processor migrate`).
+pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
+    let url = settings.database.url.expose();
+    let pool = postgres::pool(url, 1)?;
+    postgres::migrate(url, &pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(settings: Settings) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let stop = CancellationToken::new();
+    let background = TaskTracker::new();
+
+    let http = HttpServer::bind(settings.http.listen, Arc::clone(&health), Arc::clone(&metrics)).await?;
+    tracing::info!(address = ?http.local_addr(), "serving /healthz /readyz /metrics");
+    let http_stop = CancellationToken::new();
+    background.spawn({
+        let http_stop = http_stop.clone();
+        async move {
+            if let Err(error) = http.serve(http_stop).await {
+                tracing::error!(%error, "the HTTP server stopped");
+            }
+        }
+    });
+    background.spawn(stop_on_signal(stop.clone(), Arc::clone(&health))?);
+
+    let url = settings.database.url.expose();
+    let pool = postgres::pool(url, settings.database.max_connections)?;
+    if settings.database.migrate {
+        // A database that is not up yet is waited for, not a reason to exit.
+        while let Err(error) = postgres::migrate(url, &pool).await {
+            tracing::warn!(%error, "database not ready for migrations; retrying");
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(MIGRATE_RETRY) => {}
+            }
+        }
+    }
+    background.spawn(watch_database(pool.clone(), Arc::clone(&health), stop.clone()));
+
+    let concurrency = settings.workers.concurrency;
+    let payments = HttpPaymentProvider::new(
+        settings.payment.base_url.expose(),
+        Duration::from_millis(settings.payment.timeout_ms),
+        concurrency,
+        Arc::clone(&metrics),
+    )?;
+    let batch_workers = TaskTracker::new();
+    let orders = PostgresOrders::new(pool.clone(), &batch_workers, concurrency);
+    let usecase = Arc::new(ProcessOrder::new(payments, orders));
+    let consumer = AmqpConsumer::new(
+        ConsumerSettings {
+            url: settings.amqp.url.expose().to_owned(),
+            names: names(&settings),
+            prefetch: settings.amqp.prefetch,
+            concurrency,
+            retry: settings.retry_policy(),
+            grace: Duration::from_millis(settings.shutdown.grace_ms),
+        },
+        usecase,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+    );
+    consumer.run(stop.clone()).await;
+
+    // The consumer held the last use of the repository: its batch workers
+    // see their queues close and finish.
+    batch_workers.close();
+    batch_workers.wait().await;
+    pool.close().await;
+    http_stop.cancel();
+    stop.cancel();
+    background.close();
+    background.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Cancels `stop` at the first SIGTERM or SIGINT, turning `/readyz` off first.
+fn stop_on_signal(
+    stop: CancellationToken,
+    health: Arc<Health>,
+) -> Result<impl Future<Output = ()> + Send + 'static, AppError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: draining"),
+            () = stop.cancelled() => return,
+        }
+        health.start_draining();
+        stop.cancel();
+    })
+}
+
+async fn watch_database(pool: sqlx::PgPool, health: Arc<Health>, stop: CancellationToken) {
+    loop {
+        health.set_database(postgres::ping(&pool).await);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(DATABASE_CHECK_EVERY) => {}
+        }
+    }
+}

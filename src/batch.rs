@@ -1,0 +1,135 @@
+//! Coalesces concurrent single requests into batches.
+//!
+//! Each order asks its own question ("already processed?", "save this"),
+//! but answering each with its own statement and commit would cap the
+//! daemon at the database's per-transaction rate. A `Batcher` queues the
+//! requests on a bounded channel; a few worker tasks each take whatever has
+//! queued up (at most `max_batch`), run it as one batch and hand every caller
+//! its own answer. Under light load a batch is a single request and adds no
+//! delay; under heavy load batches grow by themselves, because requests pile
+//! up while the previous batch runs.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+
+type Job<Req, Resp> = (Req, oneshot::Sender<Resp>);
+
+/// The batcher stopped before answering (the daemon is shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the batch worker stopped")]
+pub struct BatcherClosed;
+
+/// A handle to submit requests; cheap to clone.
+pub struct Batcher<Req, Resp> {
+    jobs: mpsc::Sender<Job<Req, Resp>>,
+}
+
+impl<Req, Resp> Clone for Batcher<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+/// How a batcher is sized.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Requests that may wait for a worker; senders wait when it is full.
+    pub queue: usize,
+    /// The most requests one batch takes.
+    pub max_batch: usize,
+    /// Batches that may run at the same time.
+    pub workers: usize,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
+    /// Starts the workers on `tracker`. `run` receives a batch and must
+    /// return exactly one response per request, in the same order; the
+    /// workers stop when every handle has been dropped.
+    pub fn spawn<F, Fut>(limits: BatchLimits, tracker: &TaskTracker, run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Resp>> + Send,
+    {
+        let (jobs, receiver) = mpsc::channel(limits.queue.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..limits.workers.max(1) {
+            let receiver = Arc::clone(&receiver);
+            let run = run.clone();
+            let max_batch = limits.max_batch.max(1);
+            tracker.spawn(async move {
+                let mut jobs = Vec::with_capacity(max_batch);
+                loop {
+                    let received = receiver.lock().await.recv_many(&mut jobs, max_batch).await;
+                    if received == 0 {
+                        break;
+                    }
+                    let (requests, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) =
+                        jobs.drain(..).unzip();
+                    let responses = run(requests).await;
+                    for (reply, response) in replies.into_iter().zip(responses) {
+                        // A caller that stopped waiting (cancelled at shutdown)
+                        // no longer needs its answer.
+                        let _ = reply.send(response);
+                    }
+                }
+            });
+        }
+        Self { jobs }
+    }
+
+    /// Submits one request and waits for its answer.
+    pub async fn call(&self, request: Req) -> Result<Resp, BatcherClosed> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send((request, reply))
+            .await
+            .map_err(|_| BatcherClosed)?;
+        answer.await.map_err(|_| BatcherClosed)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::arithmetic_side_effects)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_requests_share_batches_and_get_their_own_answers() {
+        let tracker = TaskTracker::new();
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&batches);
+        let batcher = Batcher::spawn(
+            BatchLimits { queue: 1000, max_batch: 100, workers: 1 },
+            &tracker,
+            move |requests: Vec<u32>| {
+                let counted = Arc::clone(&counted);
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    requests.into_iter().map(|r| r * 2).collect::<Vec<_>>()
+                }
+            },
+        );
+        let calls: Vec<_> = (0..500u32)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { (i, batcher.call(i).await.unwrap()) })
+            })
+            .collect();
+        for call in calls {
+            let (i, answer) = call.await.unwrap();
+            assert_eq!(answer, i * 2);
+        }
+        assert!(batches.load(Ordering::SeqCst) < 100, "requests were not batched");
+        drop(batcher);
+        tracker.close();
+        tracker.wait().await;
+    }
+}

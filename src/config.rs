@@ -1,0 +1,417 @@
+//! Typed settings, loaded once and validated once.
+//!
+//! Layers, later wins: `config/default.toml` → `config/$ORDER_PROCESSOR_ENV.toml`
+//! (optional) → `ORDER_PROCESSOR__SECTION__KEY` environment variables. The
+//! connection strings are secrets and come only from their conventional
+//! variables (`AMQP_URL`, `DATABASE_URL`, `PAYMENT_BASE_URL`), never from a
+//! file; they are wrapped in [`Secret`] so that no `Debug`, log line or
+//! `check-config` output can show a password.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::disposition::RetryPolicy;
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
+pub const DEFAULT_PAYMENT_BASE_URL: &str = "http://127.0.0.1:8081";
+
+/// A configuration value that must never be shown. `Debug`, `Display` and
+/// `Serialize` print it with its credentials replaced by `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The real value, for the one place that connects with it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&redact_url(&self.0))
+    }
+}
+
+/// Keeps the scheme, host, port and path of a URL, so an operator can see
+/// where it points, and hides the password and the whole query string
+/// (where drivers accept `password=` or `sslpassword=`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[redacted]".to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:[redacted]@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let path = match tail.split_once('?') {
+        Some((path, _query)) => format!("{path}?[redacted]"),
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{host}{path}")
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub workers: WorkerSettings,
+    pub retry: RetrySettings,
+    pub payment: PaymentSettings,
+    pub database: DatabaseSettings,
+    pub shutdown: ShutdownSettings,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AmqpSettings {
+    pub url: Secret,
+    pub exchange: String,
+    pub routing_key: String,
+    pub queue: String,
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PaymentSettings {
+    pub base_url: Secret,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub migrate: bool,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    pub grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+/// What the files and `ORDER_PROCESSOR__*` variables may set: everything but
+/// the secrets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Layered {
+    amqp: LayeredAmqp,
+    workers: WorkerSettings,
+    retry: RetrySettings,
+    payment: LayeredPayment,
+    database: LayeredDatabase,
+    shutdown: ShutdownSettings,
+    http: HttpSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayeredAmqp {
+    exchange: String,
+    routing_key: String,
+    queue: String,
+    prefetch: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayeredPayment {
+    timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayeredDatabase {
+    migrate: bool,
+    max_connections: u32,
+}
+
+/// A configuration that cannot be used. `Display` is the one line printed
+/// before exiting with code 2; it names the key and never shows a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key} {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Where to read the environment from; a trait so tests need not touch the
+/// process environment.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Settings {
+    /// Loads the layers from `config_dir` and the process environment.
+    pub fn load(config_dir: &Path) -> Result<Self, ConfigError> {
+        let profile = std::env::var("ORDER_PROCESSOR_ENV").ok();
+        let figment = layers(config_dir, profile.as_deref())
+            .merge(Env::prefixed("ORDER_PROCESSOR__").split("__"));
+        Self::from_layers(figment, &ProcessEnvironment)
+    }
+
+    fn from_layers(figment: Figment, env: &dyn Environment) -> Result<Self, ConfigError> {
+        let layered: Layered = figment.extract().map_err(|error| describe(&error))?;
+        let url = |name: &str, default: &str, schemes: &[&str]| {
+            let value = env.var(name).unwrap_or_else(|| default.to_owned());
+            check_url(name, &value, schemes).map(|()| Secret::new(value))
+        };
+        let settings = Self {
+            amqp: AmqpSettings {
+                url: url("AMQP_URL", DEFAULT_AMQP_URL, &["amqp", "amqps"])?,
+                exchange: layered.amqp.exchange,
+                routing_key: layered.amqp.routing_key,
+                queue: layered.amqp.queue,
+                prefetch: layered.amqp.prefetch,
+            },
+            workers: layered.workers,
+            retry: layered.retry,
+            payment: PaymentSettings {
+                base_url: url("PAYMENT_BASE_URL", DEFAULT_PAYMENT_BASE_URL, &["http", "https"])?,
+                timeout_ms: layered.payment.timeout_ms,
+            },
+            database: DatabaseSettings {
+                url: url("DATABASE_URL", DEFAULT_DATABASE_URL, &["postgres", "postgresql"])?,
+                migrate: layered.database.migrate,
+                max_connections: layered.database.max_connections,
+            },
+            shutdown: layered.shutdown,
+            http: layered.http,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        in_range("workers.concurrency", self.workers.concurrency, 1, 10_000)?;
+        in_range("amqp.prefetch", self.amqp.prefetch, 1, u16::MAX)?;
+        in_range("retry.max_attempts", self.retry.max_attempts, 1, 100)?;
+        in_range("retry.max_delay_ms", self.retry.max_delay_ms, 1, 86_400_000)?;
+        in_range(
+            "retry.base_delay_ms",
+            self.retry.base_delay_ms,
+            1,
+            self.retry.max_delay_ms,
+        )?;
+        in_range("payment.timeout_ms", self.payment.timeout_ms, 1, 600_000)?;
+        in_range("database.max_connections", self.database.max_connections, 1, 1_000)?;
+        in_range("shutdown.grace_ms", self.shutdown.grace_ms, 0, 3_600_000)?;
+        // The derived names (`Q.retry.N`, `X.dlx`, `Q.dead`) must stay within
+        // AMQP's 255-byte short strings.
+        for (key, name) in [
+            ("amqp.exchange", &self.amqp.exchange),
+            ("amqp.queue", &self.amqp.queue),
+        ] {
+            if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
+                return Err(ConfigError::new(
+                    key,
+                    "must be 1 to 200 bytes and not start with `amq.`",
+                ));
+            }
+        }
+        if self.amqp.routing_key.len() > 255 {
+            return Err(ConfigError::new("amqp.routing_key", "must be at most 255 bytes"));
+        }
+        Ok(())
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.retry.max_attempts,
+            base_delay: Duration::from_millis(self.retry.base_delay_ms),
+            max_delay: Duration::from_millis(self.retry.max_delay_ms),
+        }
+    }
+}
+
+fn layers(config_dir: &Path, profile: Option<&str>) -> Figment {
+    let figment = Figment::new().merge(Toml::file_exact(config_dir.join("default.toml")));
+    match profile {
+        Some(profile) => {
+            figment.merge(Toml::file(config_dir.join(format!("{profile}.toml"))))
+        }
+        None => figment,
+    }
+}
+
+fn describe(error: &figment::Error) -> ConfigError {
+    let mut path = error.path.clone();
+    if let figment::error::Kind::UnknownField(field, _) = &error.kind {
+        path.push(field.clone());
+    }
+    let key = if path.is_empty() {
+        "file".to_owned()
+    } else {
+        path.join(".")
+    };
+    ConfigError::new(key, error.kind.to_string())
+}
+
+fn in_range<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            key,
+            format!("must be between {min} and {max} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_url(name: &str, value: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let parsed = reqwest::Url::parse(value)
+        .map_err(|_| ConfigError::new(name, "is not a valid URL"))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(ConfigError::new(
+            name,
+            format!("must use one of the schemes {}", schemes.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct FakeEnv(HashMap<&'static str, &'static str>);
+
+    impl Environment for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| (*v).to_owned())
+        }
+    }
+
+    fn load(overrides: &[(&str, &str)], env: &[(&'static str, &'static str)]) -> Result<Settings, ConfigError> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut figment = layers(&dir, None);
+        for (key, value) in overrides {
+            figment = figment.merge((*key, *value));
+        }
+        Settings::from_layers(figment, &FakeEnv(env.iter().copied().collect()))
+    }
+
+    #[test]
+    fn the_defaults_load() {
+        let settings = load(&[], &[]).unwrap();
+        assert_eq!(settings.amqp.queue, "orders.process");
+        assert_eq!(settings.retry.max_attempts, 5);
+        assert_eq!(settings.amqp.url.expose(), DEFAULT_AMQP_URL);
+    }
+
+    #[test]
+    fn an_out_of_range_value_names_its_key() {
+        let error = load(&[("workers.concurrency", "0")], &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: workers.concurrency must be between 1 and 10000 (got 0)"
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        let error = load(&[("amqp.prefetch", "many")], &[]).unwrap_err();
+        assert_eq!(error.key, "amqp.prefetch");
+    }
+
+    #[test]
+    fn a_bad_url_names_its_variable_without_showing_it() {
+        let error = load(&[], &[("DATABASE_URL", "mysql://u:hunter2@db/x")]).unwrap_err();
+        assert_eq!(error.key, "DATABASE_URL");
+        assert!(!error.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let settings = load(
+            &[],
+            &[("AMQP_URL", "amqps://app:hunter2@mq.example:5671/prod?heartbeat=10")],
+        )
+        .unwrap();
+        let shown = format!("{settings:?} {}", serde_json::to_string(&settings).unwrap());
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("amqps://app:[redacted]@mq.example:5671/prod?[redacted]"));
+    }
+
+    #[test]
+    fn urls_are_redacted_in_every_shape() {
+        assert_eq!(redact_url("postgres://u:p@h:5432/db"), "postgres://u:[redacted]@h:5432/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("http://h:8081"), "http://h:8081");
+        assert_eq!(redact_url("postgres://h/db?password=p"), "postgres://h/db?[redacted]");
+        assert_eq!(redact_url("not a url"), "[redacted]");
+    }
+}

@@ -1,0 +1,109 @@
+//! The `order-processor` binary: parse the command line, load the
+//! configuration, start telemetry, run the command, turn the result into
+//! an exit code (0 done, 1 runtime failure, 2 bad configuration or usage).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+use clap::error::ErrorKind;
+use order_processor::app;
+use order_processor::cli::{Cli, Command};
+use order_processor::config::{ConfigError, Settings};
+use order_processor::publish;
+use order_processor::telemetry::{LogTarget, Telemetry};
+
+/// How a command failed; decides the exit code.
+enum Failure {
+    Config(ConfigError),
+    Runtime(String),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(error)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage(&error),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("could not start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(error)) => {
+            eprintln!("{error}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Help and version go to stdout with 0; any other usage error is one line
+/// on stderr with 2.
+fn usage(error: &clap::Error) -> ExitCode {
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            print!("{error}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or("invalid usage"));
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<(), Failure> {
+    let settings = Settings::load(&cli.config_dir)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            let shown = serde_json::to_string_pretty(&settings)
+                .map_err(|error| Failure::Runtime(format!("could not print the configuration: {error}")))?;
+            println!("{shown}");
+            Ok(())
+        }
+        Command::Migrate => {
+            let telemetry = Telemetry::init("order-processor", LogTarget::Stdout)?;
+            let result = app::migrate(&settings).await;
+            telemetry.shutdown(Duration::from_secs(5));
+            result.map_err(|error| Failure::Runtime(error.to_string()))
+        }
+        Command::Run => {
+            let telemetry = Telemetry::init("order-processor", LogTarget::Stdout)?;
+            let result = app::run(settings).await;
+            telemetry.shutdown(Duration::from_secs(5));
+            result.map_err(|error| Failure::Runtime(error.to_string()))
+        }
+        Command::Publish(args) => {
+            // stdout carries the order and trace ids; logs go to stderr.
+            let telemetry = Telemetry::init("order-publisher", LogTarget::Stderr)?;
+            let result = publish::run(
+                settings.amqp.url.expose(),
+                &app::names(&settings),
+                settings.retry.max_attempts,
+                &args,
+            )
+            .await;
+            telemetry.shutdown(Duration::from_secs(5));
+            let summary = result.map_err(|error| Failure::Runtime(error.to_string()))?;
+            eprintln!(
+                "published {} message(s), {} confirmed by the broker",
+                summary.published, summary.confirmed
+            );
+            Ok(())
+        }
+    }
+}
