@@ -58,7 +58,12 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
 
-    let http = HttpServer::bind(settings.http.listen, Arc::clone(&health), Arc::clone(&metrics)).await?;
+    let http = HttpServer::bind(
+        settings.http.listen,
+        Arc::clone(&health),
+        Arc::clone(&metrics),
+    )
+    .await?;
     tracing::info!(address = ?http.local_addr(), "serving /healthz /readyz /metrics");
     let http_stop = CancellationToken::new();
     background.spawn({
@@ -83,7 +88,11 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             }
         }
     }
-    background.spawn(watch_database(pool.clone(), Arc::clone(&health), stop.clone()));
+    background.spawn(watch_database(
+        pool.clone(),
+        Arc::clone(&health),
+        stop.clone(),
+    ));
 
     let concurrency = settings.workers.concurrency;
     let payments = HttpPaymentProvider::new(

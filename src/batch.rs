@@ -106,7 +106,11 @@ mod tests {
         let batches = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&batches);
         let batcher = Batcher::spawn(
-            BatchLimits { queue: 1000, max_batch: 100, workers: 1 },
+            BatchLimits {
+                queue: 1000,
+                max_batch: 100,
+                workers: 1,
+            },
             &tracker,
             move |requests: Vec<u32>| {
                 let counted = Arc::clone(&counted);
@@ -127,7 +131,10 @@ mod tests {
             let (i, answer) = call.await.unwrap();
             assert_eq!(answer, i * 2);
         }
-        assert!(batches.load(Ordering::SeqCst) < 100, "requests were not batched");
+        assert!(
+            batches.load(Ordering::SeqCst) < 100,
+            "requests were not batched"
+        );
         drop(batcher);
         tracker.close();
         tracker.wait().await;

@@ -13,7 +13,12 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     /// Folder holding default.toml and the optional $ORDER_PROCESSOR_ENV.toml.
-    #[arg(long, global = true, env = "ORDER_PROCESSOR_CONFIG_DIR", default_value = "config")]
+    #[arg(
+        long,
+        global = true,
+        env = "ORDER_PROCESSOR_CONFIG_DIR",
+        default_value = "config"
+    )]
     pub config_dir: PathBuf,
 
     #[command(subcommand)]

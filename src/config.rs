@@ -210,6 +210,15 @@ impl Environment for ProcessEnvironment {
 impl Settings {
     /// Loads the layers from `config_dir` and the process environment.
     pub fn load(config_dir: &Path) -> Result<Self, ConfigError> {
+        if !config_dir.join("default.toml").is_file() {
+            return Err(ConfigError::new(
+                "ORDER_PROCESSOR_CONFIG_DIR",
+                format!(
+                    "must be a folder holding default.toml (got {})",
+                    config_dir.display()
+                ),
+            ));
+        }
         let profile = std::env::var("ORDER_PROCESSOR_ENV").ok();
         let figment = layers(config_dir, profile.as_deref())
             .merge(Env::prefixed("ORDER_PROCESSOR__").split("__"));
@@ -233,11 +242,19 @@ impl Settings {
             workers: layered.workers,
             retry: layered.retry,
             payment: PaymentSettings {
-                base_url: url("PAYMENT_BASE_URL", DEFAULT_PAYMENT_BASE_URL, &["http", "https"])?,
+                base_url: url(
+                    "PAYMENT_BASE_URL",
+                    DEFAULT_PAYMENT_BASE_URL,
+                    &["http", "https"],
+                )?,
                 timeout_ms: layered.payment.timeout_ms,
             },
             database: DatabaseSettings {
-                url: url("DATABASE_URL", DEFAULT_DATABASE_URL, &["postgres", "postgresql"])?,
+                url: url(
+                    "DATABASE_URL",
+                    DEFAULT_DATABASE_URL,
+                    &["postgres", "postgresql"],
+                )?,
                 migrate: layered.database.migrate,
                 max_connections: layered.database.max_connections,
             },
@@ -260,7 +277,12 @@ impl Settings {
             self.retry.max_delay_ms,
         )?;
         in_range("payment.timeout_ms", self.payment.timeout_ms, 1, 600_000)?;
-        in_range("database.max_connections", self.database.max_connections, 1, 1_000)?;
+        in_range(
+            "database.max_connections",
+            self.database.max_connections,
+            1,
+            1_000,
+        )?;
         in_range("shutdown.grace_ms", self.shutdown.grace_ms, 0, 3_600_000)?;
         // The derived names (`Q.retry.N`, `X.dlx`, `Q.dead`) must stay within
         // AMQP's 255-byte short strings.
@@ -276,7 +298,10 @@ impl Settings {
             }
         }
         if self.amqp.routing_key.len() > 255 {
-            return Err(ConfigError::new("amqp.routing_key", "must be at most 255 bytes"));
+            return Err(ConfigError::new(
+                "amqp.routing_key",
+                "must be at most 255 bytes",
+            ));
         }
         Ok(())
     }
@@ -293,24 +318,20 @@ impl Settings {
 fn layers(config_dir: &Path, profile: Option<&str>) -> Figment {
     let figment = Figment::new().merge(Toml::file_exact(config_dir.join("default.toml")));
     match profile {
-        Some(profile) => {
-            figment.merge(Toml::file(config_dir.join(format!("{profile}.toml"))))
-        }
+        Some(profile) => figment.merge(Toml::file(config_dir.join(format!("{profile}.toml")))),
         None => figment,
     }
 }
 
 fn describe(error: &figment::Error) -> ConfigError {
-    let mut path = error.path.clone();
-    if let figment::error::Kind::UnknownField(field, _) = &error.kind {
-        path.push(field.clone());
-    }
+    let path = &error.path;
     let key = if path.is_empty() {
         "file".to_owned()
     } else {
         path.join(".")
     };
-    ConfigError::new(key, error.kind.to_string())
+    let problem = error.kind.to_string().replace('\n', " ");
+    ConfigError::new(key, format!("is invalid ({})", problem.trim()))
 }
 
 fn in_range<T: PartialOrd + fmt::Display>(
@@ -329,8 +350,8 @@ fn in_range<T: PartialOrd + fmt::Display>(
 }
 
 fn check_url(name: &str, value: &str, schemes: &[&str]) -> Result<(), ConfigError> {
-    let parsed = reqwest::Url::parse(value)
-        .map_err(|_| ConfigError::new(name, "is not a valid URL"))?;
+    let parsed =
+        reqwest::Url::parse(value).map_err(|_| ConfigError::new(name, "is not a valid URL"))?;
     if !schemes.contains(&parsed.scheme()) {
         return Err(ConfigError::new(
             name,
@@ -355,18 +376,16 @@ mod tests {
         }
     }
 
-    fn load(overrides: &[(&str, &str)], env: &[(&'static str, &'static str)]) -> Result<Settings, ConfigError> {
+    /// The default files, then `overrides` (TOML text), then the fake environment.
+    fn load(overrides: &str, env: &[(&'static str, &'static str)]) -> Result<Settings, ConfigError> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let mut figment = layers(&dir, None);
-        for (key, value) in overrides {
-            figment = figment.merge((*key, *value));
-        }
+        let figment = layers(&dir, None).merge(Toml::string(overrides));
         Settings::from_layers(figment, &FakeEnv(env.iter().copied().collect()))
     }
 
     #[test]
     fn the_defaults_load() {
-        let settings = load(&[], &[]).unwrap();
+        let settings = load("", &[]).unwrap();
         assert_eq!(settings.amqp.queue, "orders.process");
         assert_eq!(settings.retry.max_attempts, 5);
         assert_eq!(settings.amqp.url.expose(), DEFAULT_AMQP_URL);
@@ -374,7 +393,7 @@ mod tests {
 
     #[test]
     fn an_out_of_range_value_names_its_key() {
-        let error = load(&[("workers.concurrency", "0")], &[]).unwrap_err();
+        let error = load("workers.concurrency = 0", &[]).unwrap_err();
         assert_eq!(
             error.to_string(),
             "invalid configuration: workers.concurrency must be between 1 and 10000 (got 0)"
@@ -383,13 +402,13 @@ mod tests {
 
     #[test]
     fn a_value_of_the_wrong_type_names_its_key() {
-        let error = load(&[("amqp.prefetch", "many")], &[]).unwrap_err();
+        let error = load("amqp.prefetch = \"many\"", &[]).unwrap_err();
         assert_eq!(error.key, "amqp.prefetch");
     }
 
     #[test]
     fn a_bad_url_names_its_variable_without_showing_it() {
-        let error = load(&[], &[("DATABASE_URL", "mysql://u:hunter2@db/x")]).unwrap_err();
+        let error = load("", &[("DATABASE_URL", "mysql://u:hunter2@db/x")]).unwrap_err();
         assert_eq!(error.key, "DATABASE_URL");
         assert!(!error.to_string().contains("hunter2"));
     }
@@ -397,8 +416,11 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let settings = load(
-            &[],
-            &[("AMQP_URL", "amqps://app:hunter2@mq.example:5671/prod?heartbeat=10")],
+            "",
+            &[(
+                "AMQP_URL",
+                "amqps://app:hunter2@mq.example:5671/prod?heartbeat=10",
+            )],
         )
         .unwrap();
         let shown = format!("{settings:?} {}", serde_json::to_string(&settings).unwrap());
@@ -408,10 +430,16 @@ mod tests {
 
     #[test]
     fn urls_are_redacted_in_every_shape() {
-        assert_eq!(redact_url("postgres://u:p@h:5432/db"), "postgres://u:[redacted]@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:p@h:5432/db"),
+            "postgres://u:[redacted]@h:5432/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("http://h:8081"), "http://h:8081");
-        assert_eq!(redact_url("postgres://h/db?password=p"), "postgres://h/db?[redacted]");
+        assert_eq!(
+            redact_url("postgres://h/db?password=p"),
+            "postgres://h/db?[redacted]"
+        );
         assert_eq!(redact_url("not a url"), "[redacted]");
     }
 }

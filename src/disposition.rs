@@ -146,8 +146,14 @@ mod tests {
     #[test]
     fn permanent_failures_are_dead_lettered_with_their_kind() {
         let cases = [
-            (ProcessError::Malformed(DecodeError::NotUtf8), ErrorKind::Malformed),
-            (ProcessError::Invalid(ValidationError::OrderId), ErrorKind::Invalid),
+            (
+                ProcessError::Malformed(DecodeError::NotUtf8),
+                ErrorKind::Malformed,
+            ),
+            (
+                ProcessError::Invalid(ValidationError::OrderId),
+                ErrorKind::Invalid,
+            ),
             (ProcessError::PaymentDeclined, ErrorKind::PaymentDeclined),
             (
                 ProcessError::PaymentRejected { status: 422 },
@@ -167,7 +173,9 @@ mod tests {
 
     #[test]
     fn transient_failures_are_retried() {
-        let unavailable = kind_of(ProcessError::PaymentUnavailable(UnavailableReason::Status(503)));
+        let unavailable = kind_of(ProcessError::PaymentUnavailable(UnavailableReason::Status(
+            503,
+        )));
         assert!(matches!(unavailable, Disposition::Retry { .. }));
         let database = kind_of(ProcessError::RepositoryUnavailable(
             RepositoryError::Unavailable("connection refused".into()),
@@ -177,7 +185,10 @@ mod tests {
 
     #[test]
     fn an_interrupted_order_is_left_unacked() {
-        assert_eq!(kind_of(ProcessError::Interrupted), Disposition::LeaveUnacked);
+        assert_eq!(
+            kind_of(ProcessError::Interrupted),
+            Disposition::LeaveUnacked
+        );
     }
 
     #[test]
@@ -191,7 +202,10 @@ mod tests {
         assert_eq!(policy.delay_ceiling(2), Duration::from_millis(2000));
         assert_eq!(policy.delay_ceiling(4), Duration::from_millis(8000));
         assert_eq!(policy.delay_ceiling(7), Duration::from_millis(60_000));
-        assert_eq!(policy.delay_ceiling(u32::MAX), Duration::from_millis(60_000));
+        assert_eq!(
+            policy.delay_ceiling(u32::MAX),
+            Duration::from_millis(60_000)
+        );
         for attempt in 1..10 {
             let ceiling = policy.delay_ceiling(attempt);
             match policy.after_failure(attempt) {
@@ -210,7 +224,10 @@ mod tests {
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(100),
         };
-        assert!(matches!(policy.after_failure(3), RetryDecision::RetryAfter(_)));
+        assert!(matches!(
+            policy.after_failure(3),
+            RetryDecision::RetryAfter(_)
+        ));
         assert_eq!(policy.after_failure(4), RetryDecision::Exhausted);
     }
 }

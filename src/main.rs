@@ -30,7 +30,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage(&error),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("could not start the runtime: {error}");
@@ -70,8 +73,9 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
     let settings = Settings::load(&cli.config_dir)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
-            let shown = serde_json::to_string_pretty(&settings)
-                .map_err(|error| Failure::Runtime(format!("could not print the configuration: {error}")))?;
+            let shown = serde_json::to_string_pretty(&settings).map_err(|error| {
+                Failure::Runtime(format!("could not print the configuration: {error}"))
+            })?;
             println!("{shown}");
             Ok(())
         }

@@ -66,10 +66,9 @@ impl Metrics {
         let processing = Histogram::new(latency_buckets());
         let in_flight = Gauge::<i64, AtomicI64>::default();
         let reconnects = Counter::default();
-        let payment_requests =
-            Family::<PaymentLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(latency_buckets())
-            });
+        let payment_requests = Family::<PaymentLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
         registry.register(
             "order_processor_deliveries",
             "Deliveries settled, by outcome and error kind",

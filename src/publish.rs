@@ -114,7 +114,11 @@ impl Publisher<'_> {
         let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if path == Path::new("-") {
             Box::new(tokio::io::stdin())
         } else {
-            Box::new(tokio::fs::File::open(path).await.map_err(PublishError::Read)?)
+            Box::new(
+                tokio::fs::File::open(path)
+                    .await
+                    .map_err(PublishError::Read)?,
+            )
         };
         let mut lines = tokio::io::BufReader::new(reader).lines();
         while let Some(line) = lines.next_line().await.map_err(PublishError::Read)? {
@@ -195,7 +199,9 @@ impl Publisher<'_> {
     }
 
     async fn settle_oldest(&mut self) {
-        let Some(confirm) = self.pending.pop_front() else { return };
+        let Some(confirm) = self.pending.pop_front() else {
+            return;
+        };
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
             Ok(Ok(Confirmation::Ack(None))) => {
                 self.summary.confirmed = self.summary.confirmed.saturating_add(1);

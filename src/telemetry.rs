@@ -67,7 +67,9 @@ impl Telemetry {
                 }
             })
             .with_filter(filter)
-            .with_filter(tracing_subscriber::filter::filter_fn(once_for_exporter_errors));
+            .with_filter(tracing_subscriber::filter::filter_fn(
+                once_for_exporter_errors,
+            ));
         let spans = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
@@ -192,8 +194,14 @@ where
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         line.insert("timestamp".into(), Value::String(now));
-        line.insert("level".into(), Value::String(event.metadata().level().to_string()));
-        line.insert("target".into(), Value::String(event.metadata().target().to_owned()));
+        line.insert(
+            "level".into(),
+            Value::String(event.metadata().level().to_string()),
+        );
+        line.insert(
+            "target".into(),
+            Value::String(event.metadata().target().to_owned()),
+        );
         event.record(&mut JsonFields(&mut line));
         if let Some(span) = ctx.lookup_current() {
             line.insert("span".into(), Value::String(span.name().to_owned()));

@@ -244,9 +244,18 @@ mod tests {
     #[test]
     fn answers_map_as_the_contract_says() {
         let ok = br#"{"charge_id":"ch_1","status":"succeeded"}"#.to_vec();
-        assert_eq!(classify(status(201), Some(ok.clone())).unwrap(), ChargeId::new("ch_1"));
-        assert_eq!(classify(status(200), Some(ok)).unwrap(), ChargeId::new("ch_1"));
-        assert!(matches!(classify(status(402), None), Err(PaymentError::Declined)));
+        assert_eq!(
+            classify(status(201), Some(ok.clone())).unwrap(),
+            ChargeId::new("ch_1")
+        );
+        assert_eq!(
+            classify(status(200), Some(ok)).unwrap(),
+            ChargeId::new("ch_1")
+        );
+        assert!(matches!(
+            classify(status(402), None),
+            Err(PaymentError::Declined)
+        ));
         for code in [400, 409, 422, 404] {
             assert!(matches!(
                 classify(status(code), None),
@@ -263,10 +272,16 @@ mod tests {
 
     #[test]
     fn an_unreadable_or_unsettled_success_is_asked_again() {
-        for body in [None, Some(b"nope".to_vec()), Some(br#"{"charge_id":"c","status":"pending"}"#.to_vec())] {
+        for body in [
+            None,
+            Some(b"nope".to_vec()),
+            Some(br#"{"charge_id":"c","status":"pending"}"#.to_vec()),
+        ] {
             assert!(matches!(
                 classify(status(200), body),
-                Err(PaymentError::Unavailable { reason: UnavailableReason::InvalidResponse })
+                Err(PaymentError::Unavailable {
+                    reason: UnavailableReason::InvalidResponse
+                })
             ));
         }
     }

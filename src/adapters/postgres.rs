@@ -70,7 +70,10 @@ use sqlx::Postgres;
 /// Answers whether the database is reachable, for `/readyz`.
 pub async fn ping(pool: &PgPool) -> bool {
     let check = sqlx::query("SELECT 1").execute(pool);
-    matches!(tokio::time::timeout(Duration::from_secs(2), check).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), check).await,
+        Ok(Ok(_))
+    )
 }
 
 type Shared<T> = Result<T, Arc<sqlx::Error>>;
@@ -129,7 +132,9 @@ impl OrderRepository for PostgresOrders {
     }
 }
 
-fn flatten<T>(answer: Result<Shared<T>, crate::batch::BatcherClosed>) -> Result<T, RepositoryError> {
+fn flatten<T>(
+    answer: Result<Shared<T>, crate::batch::BatcherClosed>,
+) -> Result<T, RepositoryError> {
     match answer {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(RepositoryError::Unavailable(Box::new(error))),
@@ -146,9 +151,10 @@ async fn with_timeout<T>(
 }
 
 async fn lookup_batch(pool: &PgPool, ids: Vec<Uuid>) -> Vec<Shared<bool>> {
-    let query = sqlx::query_scalar::<_, Uuid>("SELECT order_id FROM orders WHERE order_id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(pool);
+    let query =
+        sqlx::query_scalar::<_, Uuid>("SELECT order_id FROM orders WHERE order_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(pool);
     match with_timeout(query).await {
         Ok(found) => {
             let found: HashSet<Uuid> = found.into_iter().collect();

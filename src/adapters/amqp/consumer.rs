@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use opentelemetry::trace::TraceContextExt as _;
@@ -95,7 +97,9 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         let mut reconnecting = false;
         while !stop.is_cancelled() {
             let started = Instant::now();
-            let ended = self.session(&stop, &workers, &interrupt, reconnecting).await;
+            let ended = self
+                .session(&stop, &workers, &interrupt, reconnecting)
+                .await;
             self.health.set_broker(false);
             let Err(error) = ended else { break };
             if started.elapsed() > BACKOFF_MAX {
@@ -124,8 +128,14 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
     ) -> Result<(), AmqpError> {
         let settings = &self.settings;
         let connection = connect(&settings.url, "order-processor").await?;
-        let consuming = connection.create_channel().await.map_err(AmqpError::Channel)?;
-        let publishing = connection.create_channel().await.map_err(AmqpError::Channel)?;
+        let consuming = connection
+            .create_channel()
+            .await
+            .map_err(AmqpError::Channel)?;
+        let publishing = connection
+            .create_channel()
+            .await
+            .map_err(AmqpError::Channel)?;
         topology::declare(&consuming, &settings.names, settings.retry.max_attempts)
             .await
             .map_err(AmqpError::Topology)?;
@@ -234,7 +244,10 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
 async fn drain(workers: &TaskTracker, interrupt: &CancellationToken, grace: Duration) {
     workers.close();
     if tokio::time::timeout(grace, workers.wait()).await.is_err() {
-        tracing::warn!(grace_ms = grace.as_millis(), "grace period over; leaving unfinished orders for redelivery");
+        tracing::warn!(
+            grace_ms = grace.as_millis(),
+            "grace period over; leaving unfinished orders for redelivery"
+        );
         interrupt.cancel();
         workers.wait().await;
     }
@@ -281,9 +294,11 @@ async fn handle<P: PaymentProvider, R: OrderRepository>(
         span.record("otel.status_description", tracing::field::display(error));
     }
     session.metrics.in_flight().dec();
-    session
-        .metrics
-        .delivery_settled(outcome, kind.map_or("", ErrorKind::as_str), started.elapsed());
+    session.metrics.delivery_settled(
+        outcome,
+        kind.map_or("", ErrorKind::as_str),
+        started.elapsed(),
+    );
 }
 
 /// The consumer span, a child of the publisher's span when the message
@@ -360,7 +375,13 @@ async fn settle<P, R>(
     };
     let moved = session
         .republisher
-        .dead_letter(&delivery.data, &delivery.properties, attempt, kind.as_str(), &reason)
+        .dead_letter(
+            &delivery.data,
+            &delivery.properties,
+            attempt,
+            kind.as_str(),
+            &reason,
+        )
         .await;
     match moved {
         Ok(()) => {

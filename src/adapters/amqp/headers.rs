@@ -89,8 +89,11 @@ mod tests {
 
     #[test]
     fn extra_headers_keep_the_original_ones() {
-        let original = with_headers(&BasicProperties::default(), &[("traceparent", text("00-x"))])
-            .with_content_type("application/json".into());
+        let original = with_headers(
+            &BasicProperties::default(),
+            &[("traceparent", text("00-x"))],
+        )
+        .with_content_type("application/json".into());
         let dead = with_headers(&original, &[(ERROR_KIND, text("invalid"))]);
         let headers = dead.headers().clone().unwrap_or_default();
         assert!(headers.contains_key("traceparent"));

@@ -96,7 +96,13 @@ impl Republisher {
         let confirmed = async {
             let confirm = self
                 .channel
-                .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    body,
+                    properties,
+                )
                 .await
                 .map_err(RepublishError::Publish)?;
             confirm.await.map_err(RepublishError::Publish)

@@ -104,9 +104,7 @@ async fn send(channel: &Channel, frame: Frame) -> lapin::Result<()> {
         Frame::UpTo(tag) => (tag, true),
         Frame::Single(tag) => (tag, false),
     };
-    channel
-        .basic_ack(tag, BasicAckOptions { multiple })
-        .await
+    channel.basic_ack(tag, BasicAckOptions { multiple }).await
 }
 
 /// An acknowledgement to send.
@@ -224,6 +222,9 @@ mod tests {
         ledger.record(Settle::Ack(2));
         ledger.record(Settle::Ack(4));
         assert_eq!(ledger.frames(false), vec![]);
-        assert_eq!(ledger.frames(true), vec![Frame::Single(2), Frame::Single(4)]);
+        assert_eq!(
+            ledger.frames(true),
+            vec![Frame::Single(2), Frame::Single(4)]
+        );
     }
 }

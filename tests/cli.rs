@@ -1,0 +1,148 @@
+//! The command line as an operator meets it: exit codes, one-line errors
+//! that name the key, secrets that never print, migrations.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::process::Command;
+
+use common::TestEnv;
+use common::daemon::{DAEMON, config_dir};
+
+fn order_processor(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(DAEMON);
+    command
+        .env_clear()
+        .env("ORDER_PROCESSOR_CONFIG_DIR", config_dir())
+        .env("OTEL_SDK_DISABLED", "true")
+        .args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn check_config_prints_the_configuration_with_secrets_redacted() {
+    let output = order_processor(
+        &["check-config"],
+        &[
+            ("AMQP_URL", "amqps://app:hunter2@mq.internal:5671/prod"),
+            ("DATABASE_URL", "postgres://app:s3cret@db/orders"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let shown = String::from_utf8(output.stdout).unwrap();
+    assert!(shown.contains("orders.process"));
+    assert!(shown.contains("amqps://app:[redacted]@mq.internal:5671/prod"));
+    assert!(!shown.contains("hunter2") && !shown.contains("s3cret"));
+}
+
+#[test]
+fn a_bad_value_exits_2_with_one_line_naming_the_key() {
+    let output = order_processor(
+        &["check-config"],
+        &[("ORDER_PROCESSOR__WORKERS__CONCURRENCY", "0")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        "invalid configuration: workers.concurrency must be between 1 and 10000 (got 0)\n"
+    );
+}
+
+#[test]
+fn an_unknown_key_and_a_wrong_type_are_named() {
+    let unknown = order_processor(
+        &["check-config"],
+        &[("ORDER_PROCESSOR__WORKERS__CONCURENCY", "3")],
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8(unknown.stderr)
+            .unwrap()
+            .contains("workers.concurency")
+    );
+
+    let wrong = order_processor(&["run"], &[("ORDER_PROCESSOR__AMQP__PREFETCH", "lots")]);
+    assert_eq!(wrong.status.code(), Some(2));
+    let stderr = String::from_utf8(wrong.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("amqp.prefetch"), "{stderr}");
+}
+
+#[test]
+fn a_bad_secret_url_is_named_but_not_shown() {
+    let output = order_processor(
+        &["check-config"],
+        &[("PAYMENT_BASE_URL", "ftp://u:topsecret@pay")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("PAYMENT_BASE_URL") && !stderr.contains("topsecret"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_usage_error_exits_2_with_one_line() {
+    let output = order_processor(&["publish", "--rate", "fast"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--rate"), "{stderr}");
+}
+
+#[tokio::test]
+async fn migrate_creates_the_orders_table_and_can_run_twice() {
+    let env = TestEnv::new().await;
+    for _ in 0..2 {
+        let output = order_processor(&["migrate"], &[("DATABASE_URL", &env.database_url())]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'orders' ORDER BY column_name",
+    )
+    .fetch_all(&env.db)
+    .await
+    .unwrap();
+    for expected in [
+        "charge_id",
+        "currency",
+        "customer_id",
+        "order_id",
+        "processed_at",
+        "total_minor",
+        "trace_id",
+    ] {
+        assert!(
+            columns.iter().any(|c| c == expected),
+            "missing column {expected}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_database_is_one_line_and_exit_1() {
+    let output = order_processor(
+        &["migrate"],
+        &[("DATABASE_URL", "postgres://app:pw@127.0.0.1:1/orders")],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("pw@"), "{stderr}");
+}

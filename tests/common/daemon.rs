@@ -1,0 +1,175 @@
+//! Running the real binaries (`order-processor`, `payment-sim`) as child
+//! processes.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{AMQP_URL, TestEnv, free_port};
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_order-processor");
+pub const PAYMENT_SIM: &str = env!("CARGO_BIN_EXE_payment-sim");
+
+pub fn config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+/// `order-processor` with the environment of a test; nothing inherited
+/// from the developer's shell can change what a test does.
+pub fn command(env: &TestEnv, payment_url: &str) -> Command {
+    let mut command = Command::new(DAEMON);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ORDER_PROCESSOR_CONFIG_DIR", config_dir())
+        .env("AMQP_URL", AMQP_URL)
+        .env("DATABASE_URL", env.database_url())
+        .env("PAYMENT_BASE_URL", payment_url)
+        .env("ORDER_PROCESSOR__AMQP__EXCHANGE", &env.exchange)
+        .env("ORDER_PROCESSOR__AMQP__QUEUE", &env.queue)
+        .env("ORDER_PROCESSOR__AMQP__ROUTING_KEY", &env.routing_key)
+        .env("OTEL_SDK_DISABLED", "true")
+        .env("RUST_LOG", "info");
+    command
+}
+
+/// A running daemon; killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub http: String,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until `/readyz` answers 200.
+    pub async fn start(env: &TestEnv, payment_url: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("order-processor-{}-{port}.log", env.id));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = command(env, payment_url);
+        command
+            .env("ORDER_PROCESSOR__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap();
+        let daemon = Self {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        daemon.wait_ready(Duration::from_secs(60)).await;
+        daemon
+    }
+
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.status("/readyz").await == Some(200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the daemon did not become ready; log:\n{}", self.logs());
+    }
+
+    pub async fn status(&self, path: &str) -> Option<u16> {
+        let response = reqwest::get(format!("{}{path}", self.http)).await.ok()?;
+        Some(response.status().as_u16())
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal and waits for the exit code.
+    pub fn stop_with(&mut self, signal: &str, within: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A running `payment-sim`; killed when dropped.
+pub struct PaymentSim {
+    child: Child,
+    pub url: String,
+}
+
+impl PaymentSim {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(PAYMENT_SIM)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let address = line.trim().rsplit(' ').next().unwrap().to_owned();
+        Self {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+
+    pub async fn stats(&self) -> HashMap<String, u64> {
+        reqwest::get(format!("{}/stats", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// What the simulator recorded for one idempotency key.
+    pub async fn charge(&self, key: &str) -> Option<serde_json::Value> {
+        let response = reqwest::get(format!("{}/v1/charges/{key}", self.url))
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            return None;
+        }
+        Some(response.json().await.unwrap())
+    }
+}
+
+impl Drop for PaymentSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,159 @@
+//! Helpers for the black-box tests: every test gets its own queue and
+//! exchange names and a brand-new database, runs the real `order-processor`
+//! binary against the real RabbitMQ and PostgreSQL of the machine, and
+//! cleans up after itself.
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+pub mod broker;
+pub mod daemon;
+pub mod payment;
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+use uuid::Uuid;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// One test's private world: names on the broker and a database.
+pub struct TestEnv {
+    pub id: String,
+    pub exchange: String,
+    pub queue: String,
+    pub routing_key: String,
+    pub database: String,
+    pub db: PgPool,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let database = format!("op_test_{id}");
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(ADMIN_DATABASE_URL)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432");
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let db = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&format!("postgres://postgres@127.0.0.1:5432/{database}"))
+            .await
+            .unwrap();
+        Self {
+            exchange: format!("test.{id}.orders"),
+            queue: format!("test.{id}.process"),
+            routing_key: "order.created".to_owned(),
+            id,
+            database,
+            db,
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.database)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    /// Rows in `orders`.
+    pub async fn order_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Polls until `check` holds, or fails the test after `within`.
+    pub async fn eventually<F, Fut>(&self, within: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if check().await {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for: {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let database = self.database.clone();
+        let queue = self.queue.clone();
+        let exchange = self.exchange.clone();
+        // Drop cannot await; a thread of its own can, even inside a test runtime.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                broker::delete_topology(&queue, &exchange).await;
+                if let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(ADMIN_DATABASE_URL)
+                    .await
+                {
+                    let _ = sqlx::query(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await;
+                    admin.close().await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A valid order body with this id and payment token.
+pub fn order_json(order_id: Uuid, token: &str) -> Vec<u8> {
+    serde_json::json!({
+        "order_id": order_id.to_string(),
+        "customer_id": "cus_42",
+        "currency": "EUR",
+        "items": [
+            {"sku": "SKU-1", "quantity": 2, "unit_price_minor": 1999},
+            {"sku": "SKU-2", "quantity": 1, "unit_price_minor": 500}
+        ],
+        "payment_token": token,
+        "created_at": "2026-11-24T10:00:00Z"
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

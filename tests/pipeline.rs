@@ -1,0 +1,273 @@
+//! The daemon end to end, against the real RabbitMQ, PostgreSQL and an HTTP
+//! payment provider: every disposition of the contract, observed from
+//! outside the process.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::broker::Broker;
+use common::daemon::{Daemon, PaymentSim};
+use common::payment::PaymentStub;
+use common::{TestEnv, order_json};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_hundred_orders_end_as_one_row_and_one_charge_each() {
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&[]);
+    let daemon = Daemon::start(&env, &sim.url, &[]).await;
+    let broker = Broker::connect().await;
+
+    let ids: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        broker
+            .publish(
+                &env.exchange,
+                &env.routing_key,
+                &order_json(*id, "tok_visa"),
+                Broker::properties(None),
+            )
+            .await;
+    }
+    env.eventually(WAIT, "300 rows", || async {
+        env.order_count().await == 300
+    })
+    .await;
+
+    let stats = sim.stats().await;
+    assert_eq!(stats["charges"], 300);
+    let row: (String, String, i64, String) = sqlx::query_as(
+        "SELECT customer_id, currency, total_minor, charge_id FROM orders WHERE order_id = $1",
+    )
+    .bind(ids[0])
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (row.0.as_str(), row.1.as_str(), row.2),
+        ("cus_42", "EUR", 2 * 1999 + 500)
+    );
+    let recorded = sim.charge(&ids[0].to_string()).await.unwrap();
+    assert_eq!(recorded["charge_id"].as_str(), Some(row.3.as_str()));
+
+    env.eventually(WAIT, "every delivery acked", || async {
+        daemon
+            .metrics()
+            .await
+            .contains(r#"order_processor_deliveries_total{outcome="acked",error_kind=""} 300"#)
+    })
+    .await;
+    assert_eq!(broker.depth(&env.queue).await, 0);
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_published_three_times_gives_one_row_and_one_charge() {
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&[]);
+    let _daemon = Daemon::start(&env, &sim.url, &[]).await;
+    let broker = Broker::connect().await;
+
+    let id = Uuid::new_v4();
+    for _ in 0..3 {
+        broker
+            .publish(
+                &env.exchange,
+                &env.routing_key,
+                &order_json(id, "tok_visa"),
+                Broker::properties(None),
+            )
+            .await;
+    }
+    env.eventually(WAIT, "one row", || async { env.order_count().await == 1 })
+        .await;
+    env.eventually(WAIT, "queue drained", || async {
+        broker.depth(&env.queue).await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(env.order_count().await, 1);
+    assert_eq!(sim.stats().await["charges"], 1);
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_permanent_failure_is_dead_lettered_with_its_kind_and_the_original_body() {
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&[]);
+    let _daemon = Daemon::start(&env, &sim.url, &[]).await;
+    let broker = Broker::connect().await;
+
+    let mut bad_currency =
+        serde_json::from_slice::<serde_json::Value>(&order_json(Uuid::new_v4(), "tok_visa"))
+            .unwrap();
+    bad_currency["currency"] = "ZZZ".into();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"this is not json".to_vec(), "malformed"),
+        (vec![0xff, 0xfe, 0x00], "malformed"),
+        (br#"{"order_id": 42}"#.to_vec(), "malformed"),
+        (serde_json::to_vec(&bad_currency).unwrap(), "invalid"),
+        (
+            order_json(Uuid::new_v4(), "tok_decline"),
+            "payment_declined",
+        ),
+        (order_json(Uuid::new_v4(), "tok_reject"), "payment_rejected"),
+    ];
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (body, _) in &cases {
+        broker
+            .publish(
+                &env.exchange,
+                &env.routing_key,
+                body,
+                Broker::properties(Some(traceparent)),
+            )
+            .await;
+    }
+    env.eventually(WAIT, "all dead-lettered", || async {
+        broker.depth(&env.dead_letter_queue()).await as usize == cases.len()
+    })
+    .await;
+
+    let mut dead = Vec::new();
+    while let Some(message) = broker.get(&env.dead_letter_queue()).await {
+        dead.push(message);
+    }
+    for (body, kind) in &cases {
+        let message = dead
+            .iter()
+            .find(|m| &m.body == body)
+            .unwrap_or_else(|| panic!("no dead letter with the original body of the {kind} case"));
+        assert_eq!(message.header("x-error-kind").as_deref(), Some(*kind));
+        assert_eq!(message.header("x-attempts").as_deref(), Some("1"));
+        assert_eq!(message.header("traceparent").as_deref(), Some(traceparent));
+        assert_eq!(
+            message
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|c| c.as_str()),
+            Some("application/json")
+        );
+        let reason = message.header("x-error-reason").unwrap();
+        assert!(
+            !reason.is_empty() && !reason.contains("postgres://") && !reason.contains("tok_"),
+            "{reason}"
+        );
+    }
+    assert_eq!(env.order_count().await, 0);
+    assert_eq!(sim.stats().await["charges"], 0);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_failing_twice_then_succeeding_charges_once() {
+    let env = TestEnv::new().await;
+    let stub = PaymentStub::start(|_, nth| if nth <= 2 { 503 } else { 201 }).await;
+    let _daemon = Daemon::start(
+        &env,
+        &stub.url,
+        &[
+            ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "100"),
+            ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "400"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+
+    let id = Uuid::new_v4();
+    broker
+        .publish(
+            &env.exchange,
+            &env.routing_key,
+            &order_json(id, "tok_visa"),
+            Broker::properties(None),
+        )
+        .await;
+    env.eventually(WAIT, "the row", || async { env.order_count().await == 1 })
+        .await;
+
+    assert_eq!(stub.calls_for(&id.to_string()).len(), 3);
+    assert_eq!(stub.charge_count(), 1);
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_keeps_failing_exhausts_the_attempts_with_spaced_out_delays() {
+    let env = TestEnv::new().await;
+    let stub = PaymentStub::start(|_, _| 503).await;
+    let _daemon = Daemon::start(
+        &env,
+        &stub.url,
+        &[
+            ("ORDER_PROCESSOR__RETRY__MAX_ATTEMPTS", "4"),
+            ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "400"),
+            ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "1000"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+
+    let id = Uuid::new_v4();
+    let body = order_json(id, "tok_visa");
+    broker
+        .publish(
+            &env.exchange,
+            &env.routing_key,
+            &body,
+            Broker::properties(None),
+        )
+        .await;
+    env.eventually(WAIT, "the dead letter", || async {
+        broker.depth(&env.dead_letter_queue()).await == 1
+    })
+    .await;
+
+    let dead = broker.get(&env.dead_letter_queue()).await.unwrap();
+    assert_eq!(dead.body, body);
+    assert_eq!(
+        dead.header("x-error-kind").as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(dead.header("x-attempts").as_deref(), Some("4"));
+
+    let calls = stub.calls_for(&id.to_string());
+    assert_eq!(
+        calls.len(),
+        4,
+        "the provider is called exactly MAX_ATTEMPTS times"
+    );
+    // After attempt n the delay is within [d/2, d], d = min(400 ms × 2^(n-1), 1000 ms).
+    for (n, pair) in calls.windows(2).enumerate() {
+        let ceiling = (400u64 << n).min(1000);
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            gap >= Duration::from_millis(ceiling / 2),
+            "attempt {} was retried after {gap:?}, less than {} ms",
+            n + 1,
+            ceiling / 2
+        );
+        assert!(
+            gap <= Duration::from_millis(ceiling + 2000),
+            "attempt {} waited {gap:?}",
+            n + 1
+        );
+    }
+    assert_eq!(env.order_count().await, 0);
+    broker.close().await;
+}
