@@ -377,7 +377,10 @@ mod tests {
     }
 
     /// The default files, then `overrides` (TOML text), then the fake environment.
-    fn load(overrides: &str, env: &[(&'static str, &'static str)]) -> Result<Settings, ConfigError> {
+    fn load(
+        overrides: &str,
+        env: &[(&'static str, &'static str)],
+    ) -> Result<Settings, ConfigError> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let figment = layers(&dir, None).merge(Toml::string(overrides));
         Settings::from_layers(figment, &FakeEnv(env.iter().copied().collect()))

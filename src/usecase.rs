@@ -111,3 +111,204 @@ impl<P: PaymentProvider, R: OrderRepository> ProcessOrder<P, R> {
 fn validate(body: &[u8]) -> Result<Order, OrderError> {
     Order::parse(body)
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::disposition::{Disposition, ErrorKind};
+    use crate::domain::{OrderId, OrderMessage};
+
+    /// Charges by idempotency key, like a real provider; can be told to fail.
+    #[derive(Default)]
+    struct FakePayments {
+        answer: Mutex<Option<PaymentError>>,
+        charges: Mutex<HashMap<OrderId, ChargeId>>,
+        calls: Mutex<usize>,
+    }
+
+    impl FakePayments {
+        fn failing_with(error: PaymentError) -> Self {
+            let fake = Self::default();
+            *fake.answer.lock().unwrap() = Some(error);
+            fake
+        }
+    }
+
+    impl PaymentProvider for FakePayments {
+        async fn charge(&self, order: &Order) -> Result<ChargeId, PaymentError> {
+            *self.calls.lock().unwrap() += 1;
+            if let Some(error) = self.answer.lock().unwrap().take() {
+                return Err(error);
+            }
+            let mut charges = self.charges.lock().unwrap();
+            let next = format!("ch_{}", charges.len() + 1);
+            Ok(charges
+                .entry(order.id())
+                .or_insert(ChargeId::new(next))
+                .clone())
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeOrders {
+        rows: Mutex<HashMap<OrderId, ProcessedOrder>>,
+        down: bool,
+    }
+
+    impl OrderRepository for FakeOrders {
+        async fn is_processed(&self, id: OrderId) -> Result<bool, RepositoryError> {
+            if self.down {
+                return Err(RepositoryError::Unavailable("connection refused".into()));
+            }
+            Ok(self.rows.lock().unwrap().contains_key(&id))
+        }
+
+        async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
+            self.rows
+                .lock()
+                .unwrap()
+                .entry(order.order_id)
+                .or_insert(order);
+            Ok(())
+        }
+    }
+
+    fn body() -> (OrderId, Vec<u8>) {
+        let id = uuid::Uuid::new_v4();
+        (
+            OrderId::from_uuid(id),
+            OrderMessage::example(id).to_json().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_valid_order_is_charged_saved_and_acked() {
+        let usecase = ProcessOrder::new(FakePayments::default(), FakeOrders::default());
+        let (id, body) = body();
+        let result = usecase
+            .execute(&body, Some("0af7651916cd43dd8448eb211c80319c".into()))
+            .await;
+        assert_eq!(
+            result.as_ref().unwrap(),
+            &Processed::Charged(ChargeId::new("ch_1"))
+        );
+        assert_eq!(Disposition::of(&result), Disposition::Ack);
+        let rows = usecase.orders.rows.lock().unwrap();
+        let row = &rows[&id];
+        assert_eq!(row.charge_id, ChargeId::new("ch_1"));
+        assert_eq!(
+            row.trace_id.as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        assert!(row.total_minor > 0);
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_order_is_acked_without_a_second_charge() {
+        let usecase = ProcessOrder::new(FakePayments::default(), FakeOrders::default());
+        let (_, body) = body();
+        usecase.execute(&body, None).await.unwrap();
+        let again = usecase.execute(&body, None).await;
+        assert_eq!(again.as_ref().unwrap(), &Processed::AlreadyProcessed);
+        assert_eq!(Disposition::of(&again), Disposition::Ack);
+        assert_eq!(*usecase.payments.calls.lock().unwrap(), 1);
+        assert_eq!(usecase.orders.rows.lock().unwrap().len(), 1);
+    }
+
+    fn dead_letter_kind(result: &Result<Processed, ProcessError>) -> ErrorKind {
+        match Disposition::of(result) {
+            Disposition::DeadLetter { kind, .. } => kind,
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_no_order_is_malformed_and_nothing_is_charged() {
+        let usecase = ProcessOrder::new(FakePayments::default(), FakeOrders::default());
+        let result = usecase.execute(b"{not json", None).await;
+        assert!(matches!(result, Err(ProcessError::Malformed(_))));
+        assert_eq!(dead_letter_kind(&result), ErrorKind::Malformed);
+        assert_eq!(*usecase.payments.calls.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_order_breaking_a_rule_is_invalid_and_nothing_is_charged() {
+        let usecase = ProcessOrder::new(FakePayments::default(), FakeOrders::default());
+        let mut message = OrderMessage::example(uuid::Uuid::new_v4());
+        message.currency = "ZZZ".to_owned();
+        let result = usecase.execute(&message.to_json().unwrap(), None).await;
+        assert!(matches!(result, Err(ProcessError::Invalid(_))));
+        assert_eq!(dead_letter_kind(&result), ErrorKind::Invalid);
+        assert_eq!(*usecase.payments.calls.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn declined_and_rejected_payments_are_dead_lettered_and_not_saved() {
+        for (error, kind) in [
+            (PaymentError::Declined, ErrorKind::PaymentDeclined),
+            (
+                PaymentError::Rejected { status: 422 },
+                ErrorKind::PaymentRejected,
+            ),
+        ] {
+            let usecase =
+                ProcessOrder::new(FakePayments::failing_with(error), FakeOrders::default());
+            let result = usecase.execute(&body().1, None).await;
+            assert_eq!(dead_letter_kind(&result), kind);
+            assert!(usecase.orders.rows.lock().unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_provider_is_retried_and_not_saved() {
+        let unavailable = PaymentError::Unavailable {
+            reason: UnavailableReason::Timeout,
+        };
+        let usecase = ProcessOrder::new(
+            FakePayments::failing_with(unavailable),
+            FakeOrders::default(),
+        );
+        let (_, body) = body();
+        let result = usecase.execute(&body, None).await;
+        assert!(matches!(
+            result,
+            Err(ProcessError::PaymentUnavailable(UnavailableReason::Timeout))
+        ));
+        assert!(matches!(
+            Disposition::of(&result),
+            Disposition::Retry { .. }
+        ));
+        assert!(usecase.orders.rows.lock().unwrap().is_empty());
+        // The retry charges under the same key and succeeds.
+        assert!(usecase.execute(&body, None).await.is_ok());
+        assert_eq!(usecase.orders.rows.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_database_is_retried_before_anything_is_charged() {
+        let orders = FakeOrders {
+            down: true,
+            ..FakeOrders::default()
+        };
+        let usecase = ProcessOrder::new(FakePayments::default(), orders);
+        let result = usecase.execute(&body().1, None).await;
+        assert!(matches!(
+            result,
+            Err(ProcessError::RepositoryUnavailable(_))
+        ));
+        match Disposition::of(&result) {
+            Disposition::Retry { reason } => assert!(!reason.contains("refused"), "{reason}"),
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        assert_eq!(*usecase.payments.calls.lock().unwrap(), 0);
+    }
+}
