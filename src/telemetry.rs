@@ -70,8 +70,16 @@ impl Telemetry {
             .with_filter(tracing_subscriber::filter::filter_fn(
                 once_for_exporter_errors,
             ));
+        // Busy/idle timing and context activation cost a clock read and a
+        // thread-local swap on every poll of every instrumented future; the
+        // span's own start and end times are all a trace needs.
         let spans = tracing_opentelemetry::layer()
             .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_target(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
                 !meta.target().starts_with("opentelemetry")
                     && !meta.target().starts_with("h2")

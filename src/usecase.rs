@@ -117,7 +117,8 @@ fn validate(body: &[u8]) -> Result<Order, OrderError> {
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
 )]
 mod tests {
     use std::collections::HashMap;

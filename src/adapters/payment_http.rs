@@ -137,7 +137,6 @@ impl PaymentProvider for HttpPaymentProvider {
         let span = tracing::info_span!(
             "charge",
             otel.kind = "client",
-            otel.name = "POST /v1/charges",
             http.request.method = "POST",
             server.address = %self.server_address,
             url.path = "/v1/charges",

@@ -26,7 +26,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A statement that has not answered by then is treated as a lost database.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 1000;
-const BATCH_WORKERS: usize = 3;
+/// One statement of each kind at a time: while it runs, the next batch
+/// gathers. More workers would take requests one by one as they arrive and
+/// pay a statement (and a commit) per order.
+const BATCH_WORKERS: usize = 1;
 
 /// Why the database could not be set up. `Display` never shows the URL.
 #[derive(Debug, thiserror::Error)]

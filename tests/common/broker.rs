@@ -122,6 +122,19 @@ impl Broker {
         declared.message_count()
     }
 
+    /// Declares the daemon's topology for `env`, as the daemon itself would,
+    /// so that orders can be published before it starts.
+    pub async fn declare(&self, env: &super::TestEnv) {
+        let names = order_processor::adapters::amqp::Names {
+            exchange: env.exchange.clone(),
+            routing_key: env.routing_key.clone(),
+            queue: env.queue.clone(),
+        };
+        order_processor::adapters::amqp::topology::declare(&self.channel, &names, 5)
+            .await
+            .unwrap();
+    }
+
     pub async fn close(self) {
         let _ = self.connection.close(200, "done".into()).await;
     }

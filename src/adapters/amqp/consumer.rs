@@ -127,7 +127,9 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         reconnecting: bool,
     ) -> Result<(), AmqpError> {
         let settings = &self.settings;
-        let connection = connect(&settings.url, "order-processor").await?;
+        // The pid in the name lets an operator find this replica's connection.
+        let name = format!("order-processor pid {}", std::process::id());
+        let connection = connect(&settings.url, &name).await?;
         let consuming = connection
             .create_channel()
             .await
