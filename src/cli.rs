@@ -35,6 +35,24 @@ pub enum Command {
     Publish(PublishArgs),
     /// Load the configuration, print it with secrets redacted, and exit.
     CheckConfig,
+    /// Inspect or replay the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Count the dead letters by kind and reason (nothing is removed).
+    List,
+    /// Move dead letters back to the work queue, keeping their trace context.
+    Replay {
+        /// Only dead letters of this `x-error-kind` (e.g. retries_exhausted).
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]

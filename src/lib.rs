@@ -24,6 +24,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod disposition;
+pub mod dlq;
 pub mod domain;
 pub mod health;
 pub mod metrics;

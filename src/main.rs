@@ -8,10 +8,10 @@ use std::time::Duration;
 use clap::Parser as _;
 use clap::error::ErrorKind;
 use order_processor::app;
-use order_processor::cli::{Cli, Command};
+use order_processor::cli::{Cli, Command, DlqCommand};
 use order_processor::config::{ConfigError, Settings};
-use order_processor::publish;
 use order_processor::telemetry::{LogTarget, Telemetry};
+use order_processor::{dlq, publish};
 
 /// How a command failed; decides the exit code.
 enum Failure {
@@ -91,6 +91,12 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             telemetry.shutdown(Duration::from_secs(5));
             result.map_err(|error| Failure::Runtime(error.to_string()))
         }
+        Command::Dlq(command) => {
+            let telemetry = Telemetry::init("order-processor", LogTarget::Stderr)?;
+            let result = run_dlq(&settings, command).await;
+            telemetry.shutdown(Duration::from_secs(5));
+            result
+        }
         Command::Publish(args) => {
             // stdout carries the order and trace ids; logs go to stderr.
             let telemetry = Telemetry::init("order-publisher", LogTarget::Stderr)?;
@@ -110,4 +116,34 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<(), Failure> {
+    let url = settings.amqp.url.expose();
+    let names = app::names(settings);
+    let attempts = settings.retry.max_attempts;
+    let failed = |error: dlq::DlqError| Failure::Runtime(error.to_string());
+    match command {
+        DlqCommand::List => {
+            let kinds = dlq::list(url, &names, attempts).await.map_err(failed)?;
+            let total: u64 = kinds.values().map(|k| k.count).sum();
+            println!("{total} dead letter(s) in {}", names.dead_letter_queue());
+            for (kind, summary) in &kinds {
+                println!("{:>8}  {kind}", summary.count);
+                for (reason, count) in &summary.reasons {
+                    println!("{:>8}    {reason}", count);
+                }
+            }
+        }
+        DlqCommand::Replay { kind, limit } => {
+            let done = dlq::replay(url, &names, attempts, kind.as_deref(), limit)
+                .await
+                .map_err(failed)?;
+            println!(
+                "replayed {} dead letter(s) to {}; {} left in place",
+                done.replayed, names.exchange, done.skipped
+            );
+        }
+    }
+    Ok(())
 }

@@ -29,6 +29,8 @@ use crate::telemetry;
 const CONFIRM_WINDOW: usize = 1024;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_COUNT: u64 = 10;
+/// Progress goes to stderr every this many messages.
+const PROGRESS_EVERY: u64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -173,6 +175,9 @@ impl Publisher<'_> {
             .map_err(PublishError::Publish)?;
         drop(_entered);
         self.summary.published = self.summary.published.saturating_add(1);
+        if self.summary.published.is_multiple_of(PROGRESS_EVERY) {
+            eprintln!("published {}…", self.summary.published);
+        }
         if !self.quiet {
             // stdout going away (a closed pipe) is no reason to stop publishing.
             let _ = writeln!(

@@ -1,0 +1,212 @@
+//! `order-processor dlq list` and `dlq replay`: what an operator needs when
+//! messages pile up in the dead-letter queue.
+//!
+//! Both read `Q.dead` without acknowledging as they go: a message leaves
+//! the queue only once its replacement is confirmed by the broker, and
+//! everything else is returned to the queue when the channel closes. So a
+//! crash, a typo or Ctrl-C in the middle never loses a dead letter.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel, Confirmation};
+
+use crate::adapters::amqp::headers::{ATTEMPTS, ERROR_KIND, ERROR_REASON};
+use crate::adapters::amqp::{self, AmqpError, Names, topology};
+
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Progress is reported on stderr every this many messages.
+const PROGRESS_EVERY: u64 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Broker(#[from] AmqpError),
+    #[error("reading the dead-letter queue failed: {0}")]
+    Read(#[source] lapin::Error),
+    #[error("the broker did not confirm a replayed message; it stays in the dead-letter queue")]
+    NotConfirmed,
+}
+
+/// Dead letters of one kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KindSummary {
+    pub count: u64,
+    /// Distinct reasons with their counts (at most a few dozen are kept).
+    pub reasons: BTreeMap<String, u64>,
+}
+
+const MAX_REASONS: usize = 32;
+
+async fn open(
+    url: &str,
+    names: &Names,
+    max_attempts: u32,
+) -> Result<(lapin::Connection, Channel), DlqError> {
+    let connection = amqp::connect(url, "order-processor dlq").await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| DlqError::Broker(AmqpError::Channel(e)))?;
+    topology::declare(&channel, names, max_attempts)
+        .await
+        .map_err(|e| DlqError::Broker(AmqpError::Topology(e)))?;
+    Ok((connection, channel))
+}
+
+async fn close(connection: lapin::Connection) {
+    // Closing returns every message that was read but not acknowledged.
+    if let Err(error) = connection.close(200, "done".into()).await {
+        tracing::debug!(%error, "connection already closed");
+    }
+}
+
+fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Counts the dead letters by kind and reason, leaving them all in place.
+pub async fn list(
+    url: &str,
+    names: &Names,
+    max_attempts: u32,
+) -> Result<BTreeMap<String, KindSummary>, DlqError> {
+    let (connection, channel) = open(url, names, max_attempts).await?;
+    let queue = names.dead_letter_queue();
+    let mut kinds: BTreeMap<String, KindSummary> = BTreeMap::new();
+    let mut seen = 0u64;
+    while let Some(message) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .map_err(DlqError::Read)?
+    {
+        let properties = &message.delivery.properties;
+        let kind = header(properties, ERROR_KIND).unwrap_or_else(|| "unknown".to_owned());
+        let reason = header(properties, ERROR_REASON).unwrap_or_default();
+        let summary = kinds.entry(kind).or_default();
+        summary.count = summary.count.saturating_add(1);
+        if summary.reasons.len() < MAX_REASONS || summary.reasons.contains_key(&reason) {
+            let n = summary.reasons.entry(reason).or_default();
+            *n = n.saturating_add(1);
+        }
+        seen = seen.saturating_add(1);
+        if seen.is_multiple_of(PROGRESS_EVERY) {
+            eprintln!("read {seen} dead letters…");
+        }
+    }
+    close(connection).await;
+    Ok(kinds)
+}
+
+/// What `replay` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    pub replayed: u64,
+    pub skipped: u64,
+}
+
+/// Moves dead letters (of `kind`, at most `limit`) back to the work queue
+/// through the exchange, with their body, properties and trace context, and
+/// a fresh attempt count. Each is removed from the dead-letter queue only
+/// after the broker confirmed its copy.
+pub async fn replay(
+    url: &str,
+    names: &Names,
+    max_attempts: u32,
+    kind: Option<&str>,
+    limit: Option<u64>,
+) -> Result<Replayed, DlqError> {
+    let (connection, channel) = open(url, names, max_attempts).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| DlqError::Broker(AmqpError::Channel(e)))?;
+    let queue = names.dead_letter_queue();
+    let mut done = Replayed::default();
+    let mut stderr = std::io::stderr();
+    while limit.is_none_or(|limit| done.replayed < limit) {
+        let Some(message) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(DlqError::Read)?
+        else {
+            break;
+        };
+        let delivery = &message.delivery;
+        let matches = kind
+            .is_none_or(|kind| header(&delivery.properties, ERROR_KIND).as_deref() == Some(kind));
+        if !matches {
+            done.skipped = done.skipped.saturating_add(1);
+            continue;
+        }
+        let properties = fresh_attempts(&delivery.properties);
+        let confirm = channel
+            .basic_publish(
+                names.exchange.as_str().into(),
+                names.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                properties,
+            )
+            .await
+            .map_err(DlqError::Read)?;
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => {}
+            _ => {
+                close(connection).await;
+                return Err(DlqError::NotConfirmed);
+            }
+        }
+        channel
+            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+            .await
+            .map_err(DlqError::Read)?;
+        done.replayed = done.replayed.saturating_add(1);
+        if done.replayed.is_multiple_of(PROGRESS_EVERY) {
+            // Progress is a courtesy; a closed stderr must not stop the replay.
+            let _ = writeln!(stderr, "replayed {}…", done.replayed);
+        }
+    }
+    close(connection).await;
+    Ok(done)
+}
+
+/// The original properties without the dead-letter headers, so the replayed
+/// message starts again at attempt 1 with its trace context intact.
+fn fresh_attempts(properties: &BasicProperties) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    let kept: BTreeMap<_, _> = headers
+        .inner()
+        .iter()
+        .filter(|(name, _)| {
+            ![
+                ERROR_KIND,
+                ERROR_REASON,
+                ATTEMPTS,
+                "x-death",
+                "x-first-death-exchange",
+                "x-first-death-queue",
+                "x-first-death-reason",
+                "x-last-death-exchange",
+                "x-last-death-queue",
+                "x-last-death-reason",
+            ]
+            .contains(&name.as_str())
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    headers = kept.into();
+    properties.clone().with_headers(headers)
+}
