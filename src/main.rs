@@ -13,6 +13,12 @@ use order_processor::config::{ConfigError, Settings};
 use order_processor::telemetry::{LogTarget, Telemetry};
 use order_processor::{dlq, publish};
 
+/// Every order allocates and frees many small buffers on several threads;
+/// mimalloc's thread-local free lists make that markedly cheaper than the
+/// system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How a command failed; decides the exit code.
 enum Failure {
     Config(ConfigError),

@@ -23,6 +23,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -80,12 +81,11 @@ impl Telemetry {
             .with_threads(false)
             .with_location(false)
             .with_target(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                !meta.target().starts_with("opentelemetry")
-                    && !meta.target().starts_with("h2")
-                    && !meta.target().starts_with("hyper")
-                    && !meta.target().starts_with("tonic")
-            }));
+            // Only the daemon's own spans and events become telemetry. The
+            // libraries below (lapin, sqlx, hyper, the exporter itself) emit
+            // debug and trace events on every frame; letting them reach this
+            // layer would format each of them into the current span.
+            .with_filter(Targets::new().with_target("order_processor", tracing::Level::INFO));
         tracing_subscriber::registry()
             .with(spans)
             .with(logs)
