@@ -183,30 +183,35 @@ pub async fn replay(
     Ok(done)
 }
 
-/// The original properties without the dead-letter headers, so the replayed
+/// Headers that describe a past failure; a replayed message starts over
+/// without them (the broker's `x-death` bookkeeping included).
+const FAILURE_HEADERS: [&str; 10] = [
+    ERROR_KIND,
+    ERROR_REASON,
+    ATTEMPTS,
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
+
+/// The original properties without the failure headers, so the replayed
 /// message starts again at attempt 1 with its trace context intact.
 fn fresh_attempts(properties: &BasicProperties) -> BasicProperties {
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    let kept: BTreeMap<_, _> = headers
-        .inner()
-        .iter()
-        .filter(|(name, _)| {
-            ![
-                ERROR_KIND,
-                ERROR_REASON,
-                ATTEMPTS,
-                "x-death",
-                "x-first-death-exchange",
-                "x-first-death-queue",
-                "x-first-death-reason",
-                "x-last-death-exchange",
-                "x-last-death-queue",
-                "x-last-death-reason",
-            ]
-            .contains(&name.as_str())
+    let kept: BTreeMap<_, _> = properties
+        .headers()
+        .as_ref()
+        .map(|headers| {
+            headers
+                .inner()
+                .iter()
+                .filter(|(name, _)| !FAILURE_HEADERS.contains(&name.as_str()))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect()
         })
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect();
-    headers = kept.into();
-    properties.clone().with_headers(headers)
+        .unwrap_or_default();
+    properties.clone().with_headers(kept.into())
 }
