@@ -49,10 +49,17 @@ pub enum DatabaseError {
 /// database is down, and becomes ready once it answers.
 pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DatabaseError> {
     let options = PgConnectOptions::from_str(url).map_err(DatabaseError::InvalidUrl)?;
+    // The lookup `order_id = ANY($1)` is a prepared statement, first planned
+    // while the table may be empty, when a sequential scan is right;
+    // PostgreSQL would keep that generic plan while the table grows and scan
+    // all of it for every batch. Custom plans use the primary key every time.
+    let options = options
+        .application_name("order-processor")
+        .options([("plan_cache_mode", "force_custom_plan")]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("order-processor")))
+        .connect_lazy_with(options))
 }
 
 /// Creates the database if it does not exist, then applies `migrations/`.
