@@ -15,10 +15,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::TestEnv;
 use common::broker::Broker;
 use common::daemon::{Daemon, PaymentSim};
-use common::{TestEnv, order_json};
-use uuid::Uuid;
 
 fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl")
@@ -39,18 +38,8 @@ async fn a_broker_restart_mid_load_loses_nothing_and_charges_nothing_twice() {
         &[("ORDER_PROCESSOR__WORKERS__CONCURRENCY", "16")],
     )
     .await;
+    let ids = env.publish_orders(300, "tok_visa").await;
     let broker = Broker::connect().await;
-    let ids: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
-    for id in &ids {
-        broker
-            .publish(
-                &env.exchange,
-                &env.routing_key,
-                &order_json(*id, "tok_visa"),
-                Broker::properties(None),
-            )
-            .await;
-    }
     broker.close().await;
     env.eventually(Duration::from_secs(60), "progress", || async {
         env.order_count().await > 20

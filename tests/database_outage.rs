@@ -14,10 +14,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::TestEnv;
 use common::broker::Broker;
 use common::daemon::{Daemon, PaymentSim};
-use common::{TestEnv, order_json};
-use uuid::Uuid;
 
 fn restart_postgres() {
     let clusters = std::fs::read_dir("/etc/postgresql").unwrap();
@@ -48,18 +47,8 @@ async fn a_database_restart_mid_load_is_retried_and_loses_nothing() {
         ],
     )
     .await;
+    let ids = env.publish_orders(300, "tok_visa").await;
     let broker = Broker::connect().await;
-    let ids: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
-    for id in &ids {
-        broker
-            .publish(
-                &env.exchange,
-                &env.routing_key,
-                &order_json(*id, "tok_visa"),
-                Broker::properties(None),
-            )
-            .await;
-    }
     env.eventually(Duration::from_secs(60), "progress", || async {
         env.order_count().await > 20
     })

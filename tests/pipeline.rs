@@ -27,19 +27,8 @@ async fn a_few_hundred_orders_end_as_one_row_and_one_charge_each() {
     let env = TestEnv::new().await;
     let sim = PaymentSim::start(&[]);
     let daemon = Daemon::start(&env, &sim.url, &[]).await;
+    let ids = env.publish_orders(300, "tok_visa").await;
     let broker = Broker::connect().await;
-
-    let ids: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
-    for id in &ids {
-        broker
-            .publish(
-                &env.exchange,
-                &env.routing_key,
-                &order_json(*id, "tok_visa"),
-                Broker::properties(None),
-            )
-            .await;
-    }
     env.eventually(WAIT, "300 rows", || async {
         env.order_count().await == 300
     })

@@ -14,54 +14,16 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::broker::Broker;
+use common::TestEnv;
 use common::daemon::{Daemon, PaymentSim};
-use common::{TestEnv, order_json};
-use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-async fn publish_orders(env: &TestEnv, count: usize) -> Vec<Uuid> {
-    let broker = Broker::connect().await;
-    broker.declare(env).await;
-    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
-    for id in &ids {
-        broker
-            .publish(
-                &env.exchange,
-                &env.routing_key,
-                &order_json(*id, "tok_visa"),
-                Broker::properties(None),
-            )
-            .await;
-    }
-    broker.close().await;
-    ids
-}
-
-/// Every order saved once and charged once at the provider.
-async fn assert_exactly_once(env: &TestEnv, sim: &PaymentSim, ids: &[Uuid]) {
-    env.eventually(WAIT, "every order saved", || async {
-        env.order_count().await == ids.len() as i64
-    })
-    .await;
-    let stats = sim.stats().await;
-    assert_eq!(
-        stats["charges"],
-        ids.len() as u64,
-        "one charge per order: {stats:?}"
-    );
-    let broker = Broker::connect().await;
-    assert_eq!(broker.depth(&env.queue).await, 0);
-    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
-    broker.close().await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_with_a_slow_provider_exits_0_within_the_grace_period() {
     let env = TestEnv::new().await;
     let sim = PaymentSim::start(&["--latency-ms", "300"]);
-    let ids = publish_orders(&env, 150).await;
+    let ids = env.publish_orders(150, "tok_visa").await;
     let grace = [
         ("ORDER_PROCESSOR__SHUTDOWN__GRACE_MS", "1000"),
         ("ORDER_PROCESSOR__WORKERS__CONCURRENCY", "8"),
@@ -86,14 +48,14 @@ async fn sigterm_under_load_with_a_slow_provider_exits_0_within_the_grace_period
     );
 
     let _again = Daemon::start(&env, &sim.url, &[]).await;
-    assert_exactly_once(&env, &sim, &ids).await;
+    env.assert_exactly_once(&sim, &ids, WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_turns_off_as_soon_as_draining_starts() {
     let env = TestEnv::new().await;
     let sim = PaymentSim::start(&["--latency-ms", "2000"]);
-    let _ids = publish_orders(&env, 4).await;
+    let _ids = env.publish_orders(4, "tok_visa").await;
     let mut daemon = Daemon::start(
         &env,
         &sim.url,
@@ -115,7 +77,7 @@ async fn readiness_turns_off_as_soon_as_draining_starts() {
 async fn sigkill_mid_load_then_restart_processes_every_order_exactly_once() {
     let env = TestEnv::new().await;
     let sim = PaymentSim::start(&["--latency-ms", "20"]);
-    let ids = publish_orders(&env, 400).await;
+    let ids = env.publish_orders(400, "tok_visa").await;
     let small = [("ORDER_PROCESSOR__WORKERS__CONCURRENCY", "16")];
     for round in 1..=3 {
         let mut daemon = Daemon::start(&env, &sim.url, &small).await;
@@ -127,7 +89,7 @@ async fn sigkill_mid_load_then_restart_processes_every_order_exactly_once() {
         daemon.stop_with("KILL", Duration::from_secs(10));
     }
     let _last = Daemon::start(&env, &sim.url, &[]).await;
-    assert_exactly_once(&env, &sim, &ids).await;
+    env.assert_exactly_once(&sim, &ids, WAIT).await;
 }
 
 /// The broker's name of the daemon's connection (named after its pid).
@@ -155,7 +117,7 @@ async fn a_closed_broker_connection_is_reopened_and_nothing_is_lost() {
         &[("ORDER_PROCESSOR__WORKERS__CONCURRENCY", "16")],
     )
     .await;
-    let ids = publish_orders(&env, 300).await;
+    let ids = env.publish_orders(300, "tok_visa").await;
     env.eventually(WAIT, "progress", || async { env.order_count().await > 20 })
         .await;
 
@@ -179,7 +141,7 @@ async fn a_closed_broker_connection_is_reopened_and_nothing_is_lost() {
     )
     .await;
     daemon.wait_ready(WAIT).await;
-    assert_exactly_once(&env, &sim, &ids).await;
+    env.assert_exactly_once(&sim, &ids, WAIT).await;
     assert!(
         daemon
             .metrics()

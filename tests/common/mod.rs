@@ -72,6 +72,50 @@ impl TestEnv {
         format!("{}.dead", self.queue)
     }
 
+    /// Publishes `count` valid orders paid with `token` (declaring the
+    /// topology first, so the daemon need not run yet); returns their ids.
+    pub async fn publish_orders(&self, count: usize, token: &str) -> Vec<Uuid> {
+        let broker = broker::Broker::connect().await;
+        broker.declare(self).await;
+        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            broker
+                .publish(
+                    &self.exchange,
+                    &self.routing_key,
+                    &order_json(*id, token),
+                    broker::Broker::properties(None),
+                )
+                .await;
+        }
+        broker.close().await;
+        ids
+    }
+
+    /// Every order saved once, charged once at `payment-sim`, and both
+    /// queues empty.
+    pub async fn assert_exactly_once(
+        &self,
+        sim: &daemon::PaymentSim,
+        ids: &[Uuid],
+        within: Duration,
+    ) {
+        self.eventually(within, "every order saved", || async {
+            self.order_count().await == ids.len() as i64
+        })
+        .await;
+        let stats = sim.stats().await;
+        assert_eq!(
+            stats["charges"],
+            ids.len() as u64,
+            "one charge per order: {stats:?}"
+        );
+        let broker = broker::Broker::connect().await;
+        assert_eq!(broker.depth(&self.queue).await, 0);
+        assert_eq!(broker.depth(&self.dead_letter_queue()).await, 0);
+        broker.close().await;
+    }
+
     /// Rows in `orders`.
     pub async fn order_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM orders")
