@@ -68,9 +68,12 @@ impl Telemetry {
                 }
             })
             .with_filter(filter)
-            .with_filter(tracing_subscriber::filter::filter_fn(
-                once_for_exporter_errors,
-            ));
+            .with_filter(
+                tracing_subscriber::filter::DynFilterFn::new(|meta, _| {
+                    once_for_exporter_errors(meta)
+                })
+                .with_callsite_filter(exporter_callsites_are_dynamic),
+            );
         // Busy/idle timing and context activation cost a clock read and a
         // thread-local swap on every poll of every instrumented future; the
         // span's own start and end times are all a trace needs.
@@ -145,6 +148,18 @@ static EXPORT_FAILURE_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// The SDK reports every failed export; an absent collector would flood
 /// the logs, so only its first complaint is shown.
+/// The answer for the exporter's own callsites changes after its first
+/// event, so it must be asked per event, not cached per callsite.
+fn exporter_callsites_are_dynamic(
+    meta: &'static tracing::Metadata<'static>,
+) -> tracing::subscriber::Interest {
+    if meta.target().starts_with("opentelemetry") {
+        tracing::subscriber::Interest::sometimes()
+    } else {
+        tracing::subscriber::Interest::always()
+    }
+}
+
 fn once_for_exporter_errors(meta: &tracing::Metadata<'_>) -> bool {
     if !meta.target().starts_with("opentelemetry") {
         return true;

@@ -341,3 +341,32 @@ async fn the_metrics_count_what_was_published() {
     assert_eq!(daemon.status("/readyz").await, Some(200));
     broker.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_collector_the_daemon_keeps_working_and_says_so_once() {
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&[]);
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let daemon = Daemon::start(
+        &env,
+        &sim.url,
+        &[
+            ("OTEL_SDK_DISABLED", "false"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &nobody),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    for _ in 0..3 {
+        env.publish_orders(5, "tok_visa").await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    env.eventually(WAIT, "15 orders saved", || async {
+        env.order_count().await == 15
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failures = daemon.logs().matches("ExportError").count();
+    assert_eq!(failures, 1, "log:\n{}", daemon.logs());
+}
