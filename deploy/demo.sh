@@ -73,7 +73,7 @@ done
 echo
 echo "== result"
 echo "orders saved in PostgreSQL:  $(psql "$DATABASE_URL" -tAc 'SELECT count(*) FROM orders')"
-echo "dead-lettered (in demo.orders.process.dead), by kind:"
+echo "deliveries by outcome and kind (dead letters are in demo.orders.process.dead):"
 curl -fs http://127.0.0.1:19090/metrics | grep '^order_processor_deliveries_total' | sed 's/^/   /'
 echo "a few saved orders:"
 psql "$DATABASE_URL" -c "SELECT order_id, currency, total_minor, charge_id, trace_id FROM orders ORDER BY processed_at DESC LIMIT 3"
