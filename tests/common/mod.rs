@@ -15,6 +15,7 @@
 pub mod broker;
 pub mod daemon;
 pub mod payment;
+pub mod tls;
 
 use std::time::Duration;
 
