@@ -262,6 +262,7 @@ impl Settings {
             http: layered.http,
         };
         settings.validate()?;
+        check_trust_files(env, settings.database.url.expose())?;
         Ok(settings)
     }
 
@@ -349,6 +350,54 @@ fn in_range<T: PartialOrd + fmt::Display>(
     Ok(())
 }
 
+/// Where the TLS clients find a private CA: each client reads these itself
+/// (lapin and reqwest `SSL_CERT_FILE`/`SSL_CERT_DIR`, sqlx `sslrootcert`),
+/// and a path that does not hold one surfaces only at connect time, as a
+/// vague "builder error" or a connection retried forever. Checked once here,
+/// so that a wrong mount is one line naming the variable, and exit 2.
+fn check_trust_files(env: &dyn Environment, database_url: &str) -> Result<(), ConfigError> {
+    if let Some(file) = env.var("SSL_CERT_FILE") {
+        check_ca_file(&file).map_err(|problem| ConfigError::new("SSL_CERT_FILE", problem))?;
+    }
+    if let Some(dirs) = env.var("SSL_CERT_DIR") {
+        for dir in dirs.split(':').filter(|dir| !dir.is_empty()) {
+            std::fs::read_dir(dir).map_err(|error| {
+                ConfigError::new(
+                    "SSL_CERT_DIR",
+                    format!("must list readable folders ({dir}: {error})"),
+                )
+            })?;
+        }
+    }
+    let root_cert = reqwest::Url::parse(database_url).ok().and_then(|url| {
+        url.query_pairs()
+            .find(|(key, _)| matches!(key.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+            .map(|(_, value)| value.into_owned())
+    });
+    // sqlx also takes the PEM text itself in place of a path.
+    if let Some(file) = root_cert.filter(|value| !value.starts_with("-----BEGIN")) {
+        check_ca_file(&file).map_err(|problem| {
+            ConfigError::new("DATABASE_URL", format!("sslrootcert {problem}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// `Err` says why `path` is no PEM file holding at least one certificate.
+fn check_ca_file(path: &str) -> Result<(), String> {
+    let problem = match std::fs::read(path) {
+        Err(error) => error.to_string(),
+        Ok(pem) => match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certificates) if !certificates.is_empty() => return Ok(()),
+            Ok(_) => "no certificate in it".to_owned(),
+            Err(_) => "not PEM".to_owned(),
+        },
+    };
+    Err(format!(
+        "must name a readable PEM file of CA certificates ({path}: {problem})"
+    ))
+}
+
 fn check_url(name: &str, value: &str, schemes: &[&str]) -> Result<(), ConfigError> {
     let parsed =
         reqwest::Url::parse(value).map_err(|_| ConfigError::new(name, "is not a valid URL"))?;
@@ -429,6 +478,44 @@ mod tests {
         let shown = format!("{settings:?} {}", serde_json::to_string(&settings).unwrap());
         assert!(!shown.contains("hunter2"));
         assert!(shown.contains("amqps://app:[redacted]@mq.example:5671/prod?[redacted]"));
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_read_names_its_variable() {
+        let error = load("", &[("SSL_CERT_FILE", "/nonexistent/ca.crt")]).unwrap_err();
+        assert_eq!(error.key, "SSL_CERT_FILE");
+        assert!(error.to_string().contains("/nonexistent/ca.crt"), "{error}");
+
+        let not_a_ca = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let error = load("", &[("SSL_CERT_FILE", not_a_ca)]).unwrap_err();
+        assert_eq!(error.key, "SSL_CERT_FILE");
+        assert!(
+            error.to_string().contains("no certificate in it"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_ca_folder_that_cannot_be_read_names_its_variable() {
+        let error = load("", &[("SSL_CERT_DIR", "/etc:/nonexistent/ca")]).unwrap_err();
+        assert_eq!(error.key, "SSL_CERT_DIR");
+        assert!(error.to_string().contains("/nonexistent/ca"), "{error}");
+    }
+
+    #[test]
+    fn a_database_ca_that_cannot_be_read_is_named_without_the_password() {
+        let error = load(
+            "",
+            &[(
+                "DATABASE_URL",
+                "postgres://app:hunter2@db/orders?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt",
+            )],
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "DATABASE_URL");
+        let shown = error.to_string();
+        assert!(shown.contains("sslrootcert") && shown.contains("/nonexistent/ca.crt"));
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

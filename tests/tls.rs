@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::broker::Broker;
-use common::daemon::{Daemon, PaymentSim};
+use common::daemon::{DAEMON, Daemon, PaymentSim, config_dir};
 use common::tls::{Protocol, TestCa, TlsProxy};
 use common::{TestEnv, free_port};
 
@@ -218,4 +218,48 @@ async fn a_payment_provider_the_daemon_cannot_verify_is_never_charged() {
         .unwrap_or_else(|| panic!("no line names the refused certificate:\n{logs}"));
     assert!(cause.contains(r#""span":"charge""#), "{cause}");
     assert!(!logs.contains(&peers.payment_url()), "the URL in the log");
+}
+
+#[test]
+fn a_ca_path_that_holds_no_certificate_stops_the_daemon_with_exit_2_naming_it() {
+    let ca = TestCa::new();
+    let missing = ca.dir().join("missing.crt");
+    for (variable, value, named) in [
+        (
+            "SSL_CERT_FILE",
+            missing.display().to_string(),
+            "SSL_CERT_FILE",
+        ),
+        (
+            "SSL_CERT_DIR",
+            format!("/etc/ssl/certs:{}", missing.display()),
+            "SSL_CERT_DIR",
+        ),
+        (
+            "DATABASE_URL",
+            format!(
+                "postgres://app:hunter2@localhost/orders?sslmode=verify-full&sslrootcert={}",
+                missing.display()
+            ),
+            "DATABASE_URL sslrootcert",
+        ),
+    ] {
+        let output = std::process::Command::new(DAEMON)
+            .arg("run")
+            .env_clear()
+            .env("ORDER_PROCESSOR_CONFIG_DIR", config_dir())
+            .env("OTEL_SDK_DISABLED", "true")
+            .env(variable, &value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{variable}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("invalid configuration: {named} ")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("missing.crt"), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
 }
