@@ -32,7 +32,7 @@ const GSSENC_REQUEST: u32 = 80_877_104;
 
 /// A private certificate authority, and a server certificate it signed for
 /// `localhost` and `127.0.0.1`. The CA certificate is written to a folder of
-/// its own, as a Kubernetes ConfigMap would be mounted.
+/// its own, as a Kubernetes ConfigMap with the key `ca.crt` is mounted.
 pub struct TestCa {
     dir: tempfile::TempDir,
     server: Arc<ServerConfig>,
@@ -67,15 +67,21 @@ impl TestCa {
             )
             .unwrap();
 
+        // Laid out as Kubernetes mounts a ConfigMap: the file in a
+        // timestamped folder, reached through the `..data` symlink.
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+        let version = dir.path().join("..2026_11_24_10_00_00.000000001");
+        std::fs::create_dir(&version).unwrap();
+        std::fs::write(version.join("ca.crt"), ca.pem()).unwrap();
+        std::os::unix::fs::symlink(&version, dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/ca.crt", dir.path().join("ca.crt")).unwrap();
         Self {
             dir,
             server: Arc::new(server),
         }
     }
 
-    /// The folder that holds only `ca.crt`.
+    /// The folder that holds only `ca.crt` (and the ConfigMap's symlinks).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
