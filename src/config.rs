@@ -5,7 +5,10 @@
 //! connection strings are secrets and come only from their conventional
 //! variables (`AMQP_URL`, `DATABASE_URL`, `PAYMENT_BASE_URL`), never from a
 //! file; they are wrapped in [`Secret`] so that no `Debug`, log line or
-//! `check-config` output can show a password.
+//! `check-config` output can show a password. The optional
+//! `amqp.management_url` is a [`Secret`] too: it may carry credentials
+//! (then set it through `ORDER_PROCESSOR__AMQP__MANAGEMENT_URL`), or none,
+//! and then the broker check uses those of `AMQP_URL`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -97,6 +100,10 @@ pub struct AmqpSettings {
     pub routing_key: String,
     pub queue: String,
     pub prefetch: u16,
+    /// The RabbitMQ management API, when the operator wants the broker's
+    /// settings checked against the retry policy. A secret: it may carry
+    /// credentials.
+    pub management_url: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -159,6 +166,8 @@ struct LayeredAmqp {
     routing_key: String,
     queue: String,
     prefetch: u16,
+    #[serde(default)]
+    management_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +247,11 @@ impl Settings {
                 routing_key: layered.amqp.routing_key,
                 queue: layered.amqp.queue,
                 prefetch: layered.amqp.prefetch,
+                management_url: optional_url(
+                    "amqp.management_url",
+                    layered.amqp.management_url,
+                    &["http", "https"],
+                )?,
             },
             workers: layered.workers,
             retry: layered.retry,
@@ -398,6 +412,21 @@ fn check_ca_file(path: &str) -> Result<(), String> {
     ))
 }
 
+/// An optional URL key: unset or empty means none.
+fn optional_url(
+    key: &str,
+    value: Option<String>,
+    schemes: &[&str],
+) -> Result<Option<Secret>, ConfigError> {
+    match value {
+        Some(value) if !value.is_empty() => {
+            check_url(key, &value, schemes)?;
+            Ok(Some(Secret::new(value)))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn check_url(name: &str, value: &str, schemes: &[&str]) -> Result<(), ConfigError> {
     let parsed =
         reqwest::Url::parse(value).map_err(|_| ConfigError::new(name, "is not a valid URL"))?;
@@ -516,6 +545,35 @@ mod tests {
         let shown = error.to_string();
         assert!(shown.contains("sslrootcert") && shown.contains("/nonexistent/ca.crt"));
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn the_management_url_is_optional_and_a_redacted_secret() {
+        assert!(load("", &[]).unwrap().amqp.management_url.is_none());
+        assert!(
+            load("amqp.management_url = \"\"", &[])
+                .unwrap()
+                .amqp
+                .management_url
+                .is_none()
+        );
+        let settings = load(
+            "amqp.management_url = \"https://ops:hunter2@mq.example:15671\"",
+            &[],
+        )
+        .unwrap();
+        let url = settings.amqp.management_url.as_ref().unwrap();
+        assert_eq!(url.expose(), "https://ops:hunter2@mq.example:15671");
+        let shown = format!("{settings:?} {}", serde_json::to_string(&settings).unwrap());
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("https://ops:[redacted]@mq.example:15671"));
+    }
+
+    #[test]
+    fn a_management_url_that_is_not_http_names_its_key() {
+        let error = load("amqp.management_url = \"amqp://u:hunter2@mq\"", &[]).unwrap_err();
+        assert_eq!(error.key, "amqp.management_url");
+        assert!(!error.to_string().contains("hunter2"));
     }
 
     #[test]
