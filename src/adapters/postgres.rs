@@ -87,6 +87,20 @@ pub async fn ping(pool: &PgPool) -> bool {
     )
 }
 
+/// The longest an order can wait for the database: its lookup and its save
+/// each may wait for the batch that is running and the batches that the
+/// other orders in flight (`concurrency` − 1 at most) queued before it,
+/// then run in their own, each bounded by the statement timeout.
+pub fn longest_wait(concurrency: usize) -> Duration {
+    let batches = concurrency
+        .saturating_sub(1)
+        .div_ceil(MAX_BATCH)
+        .saturating_add(1);
+    STATEMENT_TIMEOUT
+        .saturating_mul(u32::try_from(batches).unwrap_or(u32::MAX))
+        .saturating_mul(2)
+}
+
 type Shared<T> = Result<T, Arc<sqlx::Error>>;
 
 pub struct PostgresOrders {
@@ -206,5 +220,20 @@ async fn save_batch(pool: &PgPool, orders: Vec<ProcessedOrder>) -> Vec<Shared<()
     match with_timeout(query).await {
         Ok(_) => vec![Ok(()); count],
         Err(error) => vec![Err(Arc::new(error)); count],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_order_waits_longer_for_the_database_when_more_orders_share_its_batches() {
+        let statements = |n: u32| STATEMENT_TIMEOUT.saturating_mul(n);
+        assert_eq!(longest_wait(1), statements(2));
+        assert_eq!(longest_wait(2), statements(4));
+        assert_eq!(longest_wait(MAX_BATCH.saturating_add(1)), statements(4));
+        assert_eq!(longest_wait(MAX_BATCH.saturating_add(2)), statements(6));
+        assert_eq!(longest_wait(2048), statements(8));
     }
 }
