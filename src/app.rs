@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::adapters::amqp::{AmqpConsumer, ConsumerSettings, Names};
+use crate::adapters::amqp::{AmqpConsumer, BrokerCheckSettings, ConsumerSettings, Names};
 use crate::adapters::http_server::{HttpServer, HttpServerError};
 use crate::adapters::payment_http::{HttpPaymentProvider, PaymentClientError};
 use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
@@ -112,6 +112,11 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             concurrency,
             retry: settings.retry_policy(),
             grace: Duration::from_millis(settings.shutdown.grace_ms),
+            broker_check: BrokerCheckSettings {
+                management_url: settings.amqp.management_url.clone(),
+                order_budget: Duration::from_millis(settings.payment.timeout_ms)
+                    .saturating_add(postgres::longest_wait(concurrency)),
+            },
         },
         usecase,
         Arc::clone(&metrics),

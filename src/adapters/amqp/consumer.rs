@@ -51,6 +51,7 @@ pub struct ConsumerSettings {
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub grace: Duration,
+    pub broker_check: super::BrokerCheckSettings,
 }
 
 pub struct AmqpConsumer<P, R> {
@@ -141,6 +142,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         topology::declare(&consuming, &settings.names, settings.retry.max_attempts)
             .await
             .map_err(AmqpError::Topology)?;
+        super::broker_check::spawn(settings, workers, stop);
         consuming
             .basic_qos(settings.prefetch, BasicQosOptions::default())
             .await

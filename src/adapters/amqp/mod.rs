@@ -2,6 +2,7 @@
 //! settlement of deliveries (ack, broker-held retry, dead letter) and the
 //! publisher used by `publish`.
 
+mod broker_check;
 mod consumer;
 pub mod headers;
 mod republish;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
 
+pub use broker_check::BrokerCheckSettings;
 pub use consumer::{AmqpConsumer, ConsumerSettings};
 pub use topology::Names;
 

@@ -13,7 +13,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use super::headers::{self, ATTEMPTS, ERROR_KIND, ERROR_REASON};
 use super::topology::Names;
 
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepublishError {
