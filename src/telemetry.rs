@@ -21,15 +21,16 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
+use std::io::Write as _;
+
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::registry::LookupSpan;
+use tracing::subscriber::Interest;
+use tracing::{Event, Subscriber, span};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt as _};
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::config::ConfigError;
 
@@ -50,30 +51,13 @@ impl Telemetry {
     /// Installs the subscriber. `default_service` names the service when
     /// `OTEL_SERVICE_NAME` does not.
     pub fn init(default_service: &'static str, target: LogTarget) -> Result<Self, ConfigError> {
-        let filter = match std::env::var("RUST_LOG") {
-            Ok(directives) => EnvFilter::try_new(&directives).map_err(|error| ConfigError {
-                key: "RUST_LOG".to_owned(),
-                problem: format!("is not a valid filter ({error})"),
-            })?,
-            Err(_) => EnvFilter::new("info"),
-        };
+        let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+        let filter = EnvFilter::try_new(&directives).map_err(|error| ConfigError {
+            key: "RUST_LOG".to_owned(),
+            problem: format!("is not a valid filter ({error})"),
+        })?;
         let provider = tracer_provider(default_service)?;
         let tracer = provider.tracer("order-processor");
-        let logs = tracing_subscriber::fmt::layer()
-            .event_format(JsonLines)
-            .with_writer(move || -> Box<dyn std::io::Write> {
-                match target {
-                    LogTarget::Stdout => Box::new(std::io::stdout()),
-                    LogTarget::Stderr => Box::new(std::io::stderr()),
-                }
-            })
-            .with_filter(filter)
-            .with_filter(
-                tracing_subscriber::filter::DynFilterFn::new(|meta, _| {
-                    once_for_exporter_errors(meta)
-                })
-                .with_callsite_filter(exporter_callsites_are_dynamic),
-            );
         // Busy/idle timing and context activation cost a clock read and a
         // thread-local swap on every poll of every instrumented future; the
         // span's own start and end times are all a trace needs.
@@ -83,12 +67,12 @@ impl Telemetry {
             .with_context_activation(false)
             .with_threads(false)
             .with_location(false)
-            .with_target(false)
-            // Only the daemon's own spans and events become telemetry. The
-            // libraries below (lapin, sqlx, hyper, the exporter itself) emit
-            // debug and trace events on every frame; letting them reach this
-            // layer would format each of them into the current span.
-            .with_filter(Targets::new().with_target("order_processor", tracing::Level::INFO));
+            .with_target(false);
+        let logs = JsonLogs {
+            dynamic: directives.contains('['),
+            filter,
+            target,
+        };
         tracing_subscriber::registry()
             .with(spans)
             .with(logs)
@@ -148,18 +132,6 @@ static EXPORT_FAILURE_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// The SDK reports every failed export; an absent collector would flood
 /// the logs, so only its first complaint is shown.
-/// The answer for the exporter's own callsites changes after its first
-/// event, so it must be asked per event, not cached per callsite.
-fn exporter_callsites_are_dynamic(
-    meta: &'static tracing::Metadata<'static>,
-) -> tracing::subscriber::Interest {
-    if meta.target().starts_with("opentelemetry") {
-        tracing::subscriber::Interest::sometimes()
-    } else {
-        tracing::subscriber::Interest::always()
-    }
-}
-
 fn once_for_exporter_errors(meta: &tracing::Metadata<'_>) -> bool {
     if !meta.target().starts_with("opentelemetry") {
         return true;
@@ -197,51 +169,126 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
         .then(|| span_context.trace_id().to_string())
 }
 
-/// One JSON object per line: time, level, target, message and fields, the
-/// innermost span's name, and its trace and span ids.
-struct JsonLines;
+/// The log layer, and the subscriber's only filter.
+///
+/// The daemon's own spans and events at INFO and above are always enabled,
+/// so that traces never depend on the log level; everything else is enabled
+/// as `RUST_LOG` says, and an event becomes a line only if `RUST_LOG` lets it
+/// through. One global filter instead of one per layer keeps the cost of a
+/// span to the registry and the OpenTelemetry layer: per-layer filters and
+/// a formatting layer do work on every enter, exit and record of every span.
+struct JsonLogs {
+    filter: EnvFilter,
+    /// `RUST_LOG` filters by span (`[span{field=value}]`), so the filter must
+    /// follow spans being entered and left.
+    dynamic: bool,
+    target: LogTarget,
+}
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+fn is_ours(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("order_processor") && *meta.level() <= tracing::Level::INFO
+}
+
+impl<S> tracing_subscriber::Layer<S> for JsonLogs
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let mut line = Map::new();
-        let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        line.insert("timestamp".into(), Value::String(now));
-        line.insert(
-            "level".into(),
-            Value::String(event.metadata().level().to_string()),
-        );
-        line.insert(
-            "target".into(),
-            Value::String(event.metadata().target().to_owned()),
-        );
-        event.record(&mut JsonFields(&mut line));
-        if let Some(span) = ctx.lookup_current() {
-            line.insert("span".into(), Value::String(span.name().to_owned()));
-            let context = tracing::dispatcher::get_default(|dispatch| {
-                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
-            });
-            if let Some(context) = context {
-                let otel_span = context.span();
-                let ids = otel_span.span_context();
-                if ids.is_valid() {
-                    line.insert("trace_id".into(), Value::String(ids.trace_id().to_string()));
-                    line.insert("span_id".into(), Value::String(ids.span_id().to_string()));
-                }
+    fn register_callsite(&self, meta: &'static tracing::Metadata<'static>) -> Interest {
+        if is_ours(meta) {
+            return Interest::always();
+        }
+        tracing_subscriber::Layer::<S>::register_callsite(&self.filter, meta)
+    }
+
+    fn enabled(&self, meta: &tracing::Metadata<'_>, ctx: LayerContext<'_, S>) -> bool {
+        is_ours(meta) || self.filter.enabled(meta, ctx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        tracing_subscriber::Layer::<S>::max_level_hint(&self.filter)
+            .map(|level| level.max(LevelFilter::INFO))
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: LayerContext<'_, S>) {
+        if self.dynamic {
+            self.filter.on_new_span(attrs, id, ctx);
+        }
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: LayerContext<'_, S>) {
+        if self.dynamic {
+            self.filter.on_record(id, values, ctx);
+        }
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
+        if self.dynamic {
+            self.filter.on_enter(id, ctx);
+        }
+    }
+
+    fn on_exit(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
+        if self.dynamic {
+            self.filter.on_exit(id, ctx);
+        }
+    }
+
+    fn on_close(&self, id: span::Id, ctx: LayerContext<'_, S>) {
+        if self.dynamic {
+            self.filter.on_close(id, ctx);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: LayerContext<'_, S>) {
+        let meta = event.metadata();
+        if !self.filter.enabled(meta, ctx.clone()) || !once_for_exporter_errors(meta) {
+            return;
+        }
+        let mut line = json_line(event, ctx.lookup_current()).to_string();
+        line.push('\n');
+        // A log line that cannot be written has nowhere else to go.
+        let _ = match self.target {
+            LogTarget::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+            LogTarget::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+        };
+    }
+}
+
+/// One JSON object: time, level, target, message and fields, the innermost
+/// span's name, and its trace and span ids.
+fn json_line<S>(event: &Event<'_>, span: Option<SpanRef<'_, S>>) -> Value
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let mut line = Map::new();
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    line.insert("timestamp".into(), Value::String(now));
+    line.insert(
+        "level".into(),
+        Value::String(event.metadata().level().to_string()),
+    );
+    line.insert(
+        "target".into(),
+        Value::String(event.metadata().target().to_owned()),
+    );
+    event.record(&mut JsonFields(&mut line));
+    if let Some(span) = span {
+        line.insert("span".into(), Value::String(span.name().to_owned()));
+        let context = tracing::dispatcher::get_default(|dispatch| {
+            tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
+        });
+        if let Some(context) = context {
+            let otel_span = context.span();
+            let ids = otel_span.span_context();
+            if ids.is_valid() {
+                line.insert("trace_id".into(), Value::String(ids.trace_id().to_string()));
+                line.insert("span_id".into(), Value::String(ids.span_id().to_string()));
             }
         }
-        writeln!(writer, "{}", Value::Object(line))
     }
+    Value::Object(line)
 }
 
 struct JsonFields<'a>(&'a mut Map<String, Value>);

@@ -99,7 +99,7 @@ async fn an_order_is_one_trace_from_the_publisher_to_the_provider_and_the_row() 
     let env = TestEnv::new().await;
     let collector = Collector::start().await;
     let stub = PaymentStub::start(|_, _| 201).await;
-    let _daemon = Daemon::start(
+    let daemon = Daemon::start(
         &env,
         &stub.url,
         &[
@@ -225,6 +225,20 @@ async fn an_order_is_one_trace_from_the_publisher_to_the_provider_and_the_row() 
         Some(StatusCode::Error as i32)
     );
     assert_eq!(attribute(&failed, "error.type").as_deref(), Some("invalid"));
+
+    // The log line written while dead-lettering carries the ids of that span.
+    let logs = daemon.logs();
+    let line: serde_json::Value = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["message"] == "dead-lettered")
+        .unwrap_or_else(|| panic!("no dead-letter log line:\n{logs}"));
+    assert_eq!(line["trace_id"].as_str(), Some(invalid_trace.as_str()));
+    assert_eq!(
+        line["span_id"].as_str(),
+        Some(hex(&failed.span_id).as_str())
+    );
+    assert_eq!(line["level"].as_str(), Some("WARN"));
     broker.close().await;
 }
 
