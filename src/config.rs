@@ -110,6 +110,10 @@ pub struct AmqpSettings {
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub concurrency: usize,
+    /// Threads of the async runtime; 0 means one per available core (which
+    /// follows the container's CPU limit).
+    #[serde(default)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -282,6 +286,7 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         in_range("workers.concurrency", self.workers.concurrency, 1, 10_000)?;
+        in_range("workers.threads", self.workers.threads, 0, 256)?;
         in_range("amqp.prefetch", self.amqp.prefetch, 1, u16::MAX)?;
         in_range("retry.max_attempts", self.retry.max_attempts, 1, 100)?;
         in_range("retry.max_delay_ms", self.retry.max_delay_ms, 1, 86_400_000)?;

@@ -36,17 +36,25 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage(&error),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let settings = match Settings::load(&cli.config_dir) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if settings.workers.threads > 0 {
+        runtime.worker_threads(settings.workers.threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("could not start the runtime: {error}");
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(execute(cli)) {
+    match runtime.block_on(execute(cli, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(error)) => {
             eprintln!("{error}");
@@ -75,8 +83,7 @@ fn usage(error: &clap::Error) -> ExitCode {
     }
 }
 
-async fn execute(cli: Cli) -> Result<(), Failure> {
-    let settings = Settings::load(&cli.config_dir)?;
+async fn execute(cli: Cli, settings: Settings) -> Result<(), Failure> {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
             let shown = serde_json::to_string_pretty(&settings).map_err(|error| {
