@@ -217,9 +217,19 @@ struct World {
 }
 
 /// What the daemon's own loader made of the configuration and environment.
+/// How `workers.threads` reads: 0 is one per core.
+fn threads(configured: u64) -> String {
+    if configured == 0 {
+        "one per core".to_owned()
+    } else {
+        configured.to_string()
+    }
+}
+
 struct DaemonConfig {
     prefetch: u64,
     concurrency: u64,
+    threads: u64,
     pool: u64,
     max_attempts: u32,
 }
@@ -294,6 +304,7 @@ impl World {
         Ok(DaemonConfig {
             prefetch: get("/amqp/prefetch")?,
             concurrency: get("/workers/concurrency")?,
+            threads: get("/workers/threads")?,
             pool: get("/database/max_connections")?,
             max_attempts: u32::try_from(get("/retry/max_attempts")?).context("max_attempts")?,
         })
@@ -890,8 +901,11 @@ impl Report {
             self.n, self.message_bytes
         );
         println!(
-            "machine: {cores} × {model}; prefetch {} (daemon and ack-only consumer), daemon concurrency {}, database pool {}",
-            c.prefetch, c.concurrency, c.pool
+            "machine: {cores} × {model}; prefetch {} (daemon and ack-only consumer), daemon concurrency {}, runtime threads {}, database pool {}",
+            c.prefetch,
+            c.concurrency,
+            threads(c.threads),
+            c.pool
         );
         for (how, a) in [
             ("ack per message", &self.ack_each),
