@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use common::broker::Broker;
 use common::daemon::{Daemon, PaymentSim};
-use common::payment::PaymentStub;
-use common::{TestEnv, order_json};
+use common::payment::{HANG, PaymentStub};
+use common::{TestEnv, free_port, order_json};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -193,6 +193,104 @@ async fn a_provider_failing_twice_then_succeeding_charges_once() {
     assert_eq!(stub.calls_for(&id.to_string()).len(), 3);
     assert_eq!(stub.charge_count(), 1);
     assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_hangs_times_out_and_the_charge_is_retried_once_later() {
+    let env = TestEnv::new().await;
+    let stub = PaymentStub::start(|_, nth| if nth == 1 { HANG } else { 201 }).await;
+    let _daemon = Daemon::start(
+        &env,
+        &stub.url,
+        &[
+            ("ORDER_PROCESSOR__PAYMENT__TIMEOUT_MS", "500"),
+            ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "300"),
+            ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "300"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+
+    let id = Uuid::new_v4();
+    broker
+        .publish(
+            &env.exchange,
+            &env.routing_key,
+            &order_json(id, "tok_visa"),
+            Broker::properties(None),
+        )
+        .await;
+    env.eventually(WAIT, "the row", || async { env.order_count().await == 1 })
+        .await;
+
+    let calls = stub.calls_for(&id.to_string());
+    assert_eq!(calls.len(), 2, "one timed-out call, one retry: {calls:?}");
+    // The retry waited for the timeout (500 ms) and then the backoff
+    // (150–300 ms) instead of asking again at once.
+    let gap = calls[1].at - calls[0].at;
+    assert!(gap >= Duration::from_millis(600), "retried after {gap:?}");
+    assert_eq!(stub.charge_count(), 1);
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_provider_is_retried_with_backoff_then_dead_lettered() {
+    let env = TestEnv::new().await;
+    // Nothing listens on this port: every charge is a connection error.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let daemon = Daemon::start(
+        &env,
+        &closed,
+        &[
+            ("ORDER_PROCESSOR__RETRY__MAX_ATTEMPTS", "3"),
+            ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "200"),
+            ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "400"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+
+    let id = Uuid::new_v4();
+    let body = order_json(id, "tok_visa");
+    let started = std::time::Instant::now();
+    broker
+        .publish(
+            &env.exchange,
+            &env.routing_key,
+            &body,
+            Broker::properties(None),
+        )
+        .await;
+    env.eventually(WAIT, "the dead letter", || async {
+        broker.depth(&env.dead_letter_queue()).await == 1
+    })
+    .await;
+    // Two backoffs of at least 100 and 200 ms: no hot loop.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let dead = broker.get(&env.dead_letter_queue()).await.unwrap();
+    assert_eq!(dead.body, body);
+    assert_eq!(
+        dead.header("x-error-kind").as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(dead.header("x-attempts").as_deref(), Some("3"));
+    let metrics = daemon.metrics().await;
+    let failed_calls: f64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("order_processor_payment_request_seconds_count")
+                && line.contains("error")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        failed_calls, 3.0,
+        "one connection attempt per attempt:\n{metrics}"
+    );
+    assert_eq!(env.order_count().await, 0);
     broker.close().await;
 }
 

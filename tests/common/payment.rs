@@ -11,8 +11,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 
-/// The answer to the `n`th request (counting from 1) for an idempotency key.
+/// The answer to the `n`th request (counting from 1) for an idempotency key:
+/// a status code, or [`HANG`] to never answer.
 pub type Script = dyn Fn(&str, usize) -> u16 + Send + Sync;
+
+/// A script's answer that keeps the request open without ever answering.
+pub const HANG: u16 = 0;
 
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -100,6 +104,9 @@ async fn charge(State(stub): State<Stub>, headers: HeaderMap) -> (StatusCode, St
         traceparent: header("traceparent"),
         status,
     });
+    if status == HANG {
+        std::future::pending::<()>().await;
+    }
     let code = StatusCode::from_u16(status).unwrap();
     if status == 200 || status == 201 {
         let mut charges = stub.charges.lock().unwrap();
