@@ -64,7 +64,10 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
         Arc::clone(&metrics),
     )
     .await?;
-    tracing::info!(address = ?http.local_addr(), "serving /healthz /readyz /metrics");
+    match http.local_addr() {
+        Some(address) => tracing::info!(%address, "serving /healthz /readyz /metrics"),
+        None => tracing::info!("serving /healthz /readyz /metrics"),
+    }
     let http_stop = CancellationToken::new();
     background.spawn({
         let http_stop = http_stop.clone();
