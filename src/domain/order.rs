@@ -74,10 +74,15 @@ impl Order {
         let mut items = Vec::with_capacity(count);
         let mut total: u64 = 0;
         for (index, ObjectOnly(item)) in wire.items.into_iter().enumerate() {
-            let quantity = Quantity::parse(&item.quantity, index)?;
+            let quantity = item
+                .quantity
+                .number()
+                .ok_or(ValidationError::Quantity { item: index })
+                .and_then(|number| Quantity::parse(number, index))?;
             let unit_price_minor = item
                 .unit_price_minor
-                .as_u64()
+                .number()
+                .and_then(serde_json::Number::as_u64)
                 .ok_or(ValidationError::UnitPrice { item: index })?;
             total = u64::from(quantity.get())
                 .checked_mul(unit_price_minor)

@@ -3,8 +3,9 @@
 //!
 //! The wire structs borrow from the body (`Cow<str>` with `#[serde(borrow)]`
 //! falls back to an owned string only when a string has escapes) and keep
-//! numbers as `serde_json::Number`, so a wrong *type* fails here while a
-//! wrong *value* (`1.5` items, `-1` cents) is left to the validation step.
+//! the amounts as [`WireNumber`], so a wrong *type* fails here while a wrong
+//! *value* (`1.5` items, `-1` cents, `1e400` of either) is left to the
+//! validation step.
 //!
 //! The body is decoded with plain serde_json first. Only when that fails with
 //! an error that needs a field path is it decoded again under
@@ -17,12 +18,13 @@ use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::marker::PhantomData;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Unexpected, Visitor};
 use serde_json::error::Category;
+use serde_json::value::RawValue;
 use serde_path_to_error::{Path, Segment};
 
 use super::MAX_ORDER_BYTES;
-use super::error::{DecodeError, OrderError, ValidationError};
+use super::error::DecodeError;
 
 #[derive(serde::Deserialize)]
 pub(super) struct WireOrder<'a> {
@@ -45,8 +47,56 @@ pub(super) struct WireOrder<'a> {
 pub(super) struct WireItem<'a> {
     #[serde(borrow)]
     pub sku: Cow<'a, str>,
-    pub quantity: serde_json::Number,
-    pub unit_price_minor: serde_json::Number,
+    pub quantity: WireNumber,
+    pub unit_price_minor: WireNumber,
+}
+
+/// A JSON number in an amount field, read from its text.
+///
+/// serde_json refuses a number beyond `f64` (`1e400`, a 400-digit price)
+/// with an error that stops decoding where it stands. For an amount that
+/// would leave the rest of the body unread, so a body broken further on
+/// (a missing field, a syntax error, trailing garbage) would be reported as
+/// an invalid amount instead of as malformed. Reading the number as a raw
+/// token first, which serde_json scans without converting, lets decoding
+/// go on; whether the value is a good amount is the validation step's call.
+pub(super) enum WireNumber {
+    Number(serde_json::Number),
+    /// A number too large in magnitude for `f64`: never a valid amount.
+    BeyondF64,
+}
+
+impl WireNumber {
+    pub fn number(&self) -> Option<&serde_json::Number> {
+        match self {
+            Self::Number(number) => Some(number),
+            Self::BeyondF64 => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WireNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <&'de RawValue>::deserialize(deserializer)?;
+        let text = raw.get();
+        // The token is valid JSON (serde_json checked it while scanning), and
+        // only a number starts with a digit or a minus sign.
+        if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            return Err(de::Error::invalid_type(
+                Unexpected::Other("a non-number value"),
+                &"a JSON number",
+            ));
+        }
+        // Most amounts are plain non-negative integers: parse those directly,
+        // as serde_json would (as a `u64`). JSON allows no `+` or leading zero.
+        if let Ok(integer) = text.parse::<u64>() {
+            return Ok(Self::Number(integer.into()));
+        }
+        // A number token that serde_json cannot convert is out of range.
+        Ok(text
+            .parse::<serde_json::Number>()
+            .map_or(Self::BeyondF64, Self::Number))
+    }
 }
 
 /// A borrowed string inside an `Option`: serde only borrows a `Cow` that is
@@ -95,24 +145,20 @@ const KNOWN_FIELDS: [&str; 9] = [
     "unit_price_minor",
 ];
 
-/// Size, then UTF-8, then JSON shape. The error is an [`OrderError`] rather
-/// than a [`DecodeError`] only because a number too large even for `f64` in
-/// a quantity or a price is a JSON number, hence an invalid value, although
-/// serde_json stops on it while decoding.
-pub(super) fn decode(body: &[u8]) -> Result<WireOrder<'_>, OrderError> {
+/// Size, then UTF-8, then JSON shape.
+pub(super) fn decode(body: &[u8]) -> Result<WireOrder<'_>, DecodeError> {
     if body.len() > MAX_ORDER_BYTES {
         return Err(DecodeError::TooLarge {
             size: body.len(),
             limit: MAX_ORDER_BYTES,
-        }
-        .into());
+        });
     }
     let text = std::str::from_utf8(body).map_err(|_| DecodeError::NotUtf8)?;
     let first = text
         .bytes()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first != Some(b'{') {
-        return Err(non_object(text).into());
+        return Err(non_object(text));
     }
     // `from_str` rather than `from_slice`: the UTF-8 check above is done, and
     // serde_json skips validating it again for a `&str` source.
@@ -143,10 +189,10 @@ fn is_number_out_of_range(error: &serde_json::Error) -> bool {
     error.classify() == Category::Syntax && error.to_string().starts_with("number out of range")
 }
 
-fn classify_untracked(text: &str, error: &serde_json::Error) -> OrderError {
+fn classify_untracked(text: &str, error: &serde_json::Error) -> DecodeError {
     let needs_path = error.classify() == Category::Data || is_number_out_of_range(error);
     if !needs_path {
-        return not_json(error).into();
+        return not_json(error);
     }
     let mut deserializer = serde_json::Deserializer::from_str(text);
     match serde_path_to_error::deserialize::<_, ObjectOnly<WireOrder<'_>>>(&mut deserializer) {
@@ -155,26 +201,24 @@ fn classify_untracked(text: &str, error: &serde_json::Error) -> OrderError {
         // malformed error rather than trust a body that failed once.
         Ok(_) => DecodeError::WrongType {
             path: "?".to_owned(),
-        }
-        .into(),
+        },
     }
 }
 
-fn classify_tracked(path: &Path, error: &serde_json::Error) -> OrderError {
+fn classify_tracked(path: &Path, error: &serde_json::Error) -> DecodeError {
+    // A number beyond `f64` where a string, array or object belongs (the
+    // amounts read theirs as text, see `WireNumber`).
     if is_number_out_of_range(error) {
-        return match item_field(path) {
-            Some((item, "quantity")) => ValidationError::Quantity { item }.into(),
-            Some((item, "unit_price_minor")) => ValidationError::UnitPrice { item }.into(),
-            // A number where a string, array or object belongs.
-            _ if path.iter().len() > 0 => DecodeError::WrongType {
+        return if path.iter().len() > 0 {
+            DecodeError::WrongType {
                 path: render(path, None),
             }
-            .into(),
-            _ => not_json(error).into(),
+        } else {
+            not_json(error)
         };
     }
     if error.classify() != Category::Data {
-        return not_json(error).into();
+        return not_json(error);
     }
     // serde's own messages for these two quote a field name from the derive,
     // never a value; the name is still checked against `KNOWN_FIELDS`.
@@ -182,40 +226,18 @@ fn classify_tracked(path: &Path, error: &serde_json::Error) -> OrderError {
     if let Some(field) = quoted_name(&message, "missing field `") {
         return DecodeError::MissingField {
             field: render(path, Some(field)),
-        }
-        .into();
+        };
     }
     if let Some(field) = quoted_name(&message, "duplicate field `") {
         return DecodeError::WrongType {
             path: render(path, Some(field)),
-        }
-        .into();
+        };
     }
     if path.iter().len() == 0 {
-        return DecodeError::NotAnObject.into();
+        return DecodeError::NotAnObject;
     }
     DecodeError::WrongType {
         path: render(path, None),
-    }
-    .into()
-}
-
-/// `items[N].field` as `(N, field)`.
-fn item_field(path: &Path) -> Option<(usize, &str)> {
-    let mut segments = path.iter();
-    match (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) {
-        (
-            Some(Segment::Map { key: items }),
-            Some(Segment::Seq { index }),
-            Some(Segment::Map { key: field }),
-            None,
-        ) if items == "items" => Some((*index, field.as_str())),
-        _ => None,
     }
 }
 

@@ -212,3 +212,30 @@ fn error_text_never_echoes_token_or_customer() {
         assert!(!text.contains(TOKEN) && !text.contains(CUSTOMER), "{text}");
     }
 }
+
+#[test]
+fn a_number_beyond_f64_is_reported_in_contract_order() {
+    let text = String::from_utf8(example().to_json().unwrap()).unwrap();
+    // The third item's quantity is beyond f64.
+    let huge = text.replacen("\"quantity\":3", "\"quantity\":1e400", 1);
+    assert_eq!(
+        invalid(huge.as_bytes()),
+        ValidationError::Quantity { item: 2 }
+    );
+    // Rules on the fields before the items come first...
+    let bad_id = huge.replacen(super::ORDER_ID, "not-a-uuid", 1);
+    assert_eq!(invalid(bad_id.as_bytes()), ValidationError::OrderId);
+    // ... and so do earlier items.
+    let zero_first = huge.replacen("\"quantity\":2", "\"quantity\":0", 1);
+    assert_eq!(
+        invalid(zero_first.as_bytes()),
+        ValidationError::Quantity { item: 0 }
+    );
+    let price = text
+        .replacen(":2753", ":1e999", 1)
+        .replacen(":3495", ":-1", 1);
+    assert_eq!(
+        invalid(price.as_bytes()),
+        ValidationError::UnitPrice { item: 1 }
+    );
+}

@@ -210,3 +210,43 @@ fn deep_nesting_is_refused_or_skipped_without_overflow() {
         DecodeError::NotJson { .. }
     ));
 }
+
+#[test]
+fn a_number_beyond_f64_in_an_amount_does_not_hide_a_broken_body() {
+    // serde_json stops at `1e400`; the rest of the body must still be read,
+    // or a body that is not even JSON comes out as an invalid quantity.
+    let huge = good().replacen("\"quantity\":2", "\"quantity\":1e400", 1);
+    let end = huge.find("1e400").unwrap() + "1e400".len();
+    let cut = &huge[..end];
+    assert!(matches!(
+        malformed(cut.as_bytes()),
+        DecodeError::NotJson { .. }
+    ));
+    // Found by the fuzzer (tests/fuzz): garbage in the next item.
+    let garbage = huge.replacen(",\"quantity\":1,", ",\"quant\"x\"or\":1,", 1);
+    assert!(matches!(
+        malformed(garbage.as_bytes()),
+        DecodeError::NotJson { .. }
+    ));
+    let trailing = format!("{huge} x");
+    assert!(matches!(
+        malformed(trailing.as_bytes()),
+        DecodeError::NotJson { .. }
+    ));
+    let no_token = huge.replacen("\"payment_token\"", "\"payment_tokn\"", 1);
+    assert_eq!(malformed(no_token.as_bytes()), missing("payment_token"));
+    let late_wrong_type = huge.replacen("\"2026-11-24T10:00:00Z\"", "7", 1);
+    assert_eq!(
+        malformed(late_wrong_type.as_bytes()),
+        wrong_type("created_at")
+    );
+    let repeated = good().replacen(
+        "\"unit_price_minor\":3495",
+        "\"unit_price_minor\":-1e999,\"unit_price_minor\":1",
+        1,
+    );
+    assert_eq!(
+        malformed(repeated.as_bytes()),
+        wrong_type("items[1].unit_price_minor")
+    );
+}
