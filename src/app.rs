@@ -15,6 +15,7 @@ use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
 use crate::config::Settings;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::telemetry::OrderTracer;
 use crate::usecase::ProcessOrder;
 
 /// Why the daemon could not run. `Display` is the one line printed before
@@ -52,7 +53,7 @@ pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(settings: Settings) -> Result<(), AppError> {
+pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let stop = CancellationToken::new();
@@ -122,6 +123,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
             },
         },
         usecase,
+        tracer,
         Arc::clone(&metrics),
         Arc::clone(&health),
     );

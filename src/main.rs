@@ -100,7 +100,7 @@ async fn execute(cli: Cli, settings: Settings) -> Result<(), Failure> {
         }
         Command::Run => {
             let telemetry = Telemetry::init("order-processor", LogTarget::Stdout)?;
-            let result = app::run(settings).await;
+            let result = app::run(settings, telemetry.order_tracer()).await;
             telemetry.shutdown(Duration::from_secs(5));
             result.map_err(|error| Failure::Runtime(error.to_string()))
         }

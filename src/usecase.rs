@@ -9,12 +9,14 @@
 //! the message afterwards is decided from the returned value in
 //! [`crate::disposition`].
 
-use tracing::instrument;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanBuilder, TraceContextExt as _};
 
 use crate::domain::{
     ChargeId, DecodeError, Order, OrderError, OrderRepository, PaymentError, PaymentProvider,
     ProcessedOrder, RepositoryError, UnavailableReason, ValidationError,
 };
+use crate::telemetry;
 
 /// How an order ended when nothing went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,9 +87,13 @@ impl<P: PaymentProvider, R: OrderRepository> ProcessOrder<P, R> {
         body: &[u8],
         trace_id: Option<String>,
     ) -> Result<Processed, ProcessError> {
-        let order = validate(body)?;
-        // The caller's span (one per delivery) declares `order.id`.
-        tracing::Span::current().record("order.id", tracing::field::display(order.id()));
+        let order =
+            telemetry::in_child_span(|| SpanBuilder::from_name("validate"), || Order::parse(body))?;
+        // The caller's span (one per delivery) carries the order's id.
+        opentelemetry::Context::map_current(|order_context| {
+            let id = KeyValue::new("order.id", order.id().to_string());
+            order_context.span().set_attribute(id);
+        });
         if self.orders.is_processed(order.id()).await? {
             return Ok(Processed::AlreadyProcessed);
         }
@@ -105,11 +111,6 @@ impl<P: PaymentProvider, R: OrderRepository> ProcessOrder<P, R> {
             .await?;
         Ok(Processed::Charged(charge_id))
     }
-}
-
-#[instrument(name = "validate", skip_all)]
-fn validate(body: &[u8]) -> Result<Order, OrderError> {
-    Order::parse(body)
 }
 
 #[cfg(test)]

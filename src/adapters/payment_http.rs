@@ -1,7 +1,7 @@
 //! `PaymentProvider` over HTTP with reqwest.
 //!
 //! `POST {base}/v1/charges` with `Idempotency-Key: <order_id>` and the
-//! current span's `traceparent`. Answers map to the domain's error classes:
+//! `traceparent` of its charge span. Answers map to the domain's error classes:
 //! 200/201 charged, 402 declined, other 4xx (but 429) rejected, 429/5xx,
 //! timeouts and connection failures unavailable (transient). One client is
 //! shared by all workers so connections stay alive between charges.
@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt as _};
+use opentelemetry::{Context, KeyValue, StringValue};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
-use tracing::Instrument as _;
-use tracing::field::Empty;
 
 use crate::domain::{ChargeId, Order, PaymentError, PaymentProvider, UnavailableReason};
 use crate::metrics::Metrics;
@@ -33,7 +33,7 @@ pub enum PaymentClientError {
 pub struct HttpPaymentProvider {
     client: reqwest::Client,
     charges_url: Url,
-    server_address: String,
+    server_address: StringValue,
     metrics: Arc<Metrics>,
 }
 
@@ -65,7 +65,8 @@ impl HttpPaymentProvider {
         let charges_url = base
             .join("/v1/charges")
             .map_err(|_| PaymentClientError::InvalidUrl)?;
-        let server_address = base.host_str().unwrap_or_default().to_owned();
+        let server_address =
+            StringValue::from(Arc::<str>::from(base.host_str().unwrap_or_default()));
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -82,7 +83,7 @@ impl HttpPaymentProvider {
         })
     }
 
-    async fn post(&self, order: &Order) -> Result<ChargeId, PaymentError> {
+    async fn post(&self, order: &Order, span: &Context) -> Result<ChargeId, PaymentError> {
         let id = order.id().to_string();
         let total = order.total();
         let body = serde_json::to_vec(&ChargeRequest {
@@ -101,7 +102,7 @@ impl HttpPaymentProvider {
         let key = HeaderValue::from_str(&id)
             .map_err(|_| unavailable(UnavailableReason::InvalidResponse))?;
         headers.insert(HeaderName::from_static("idempotency-key"), key);
-        telemetry::inject_current(&mut HeaderCarrier(&mut headers));
+        telemetry::inject(span, &mut HeaderCarrier(&mut headers));
 
         let started = Instant::now();
         let sent = self
@@ -124,7 +125,10 @@ impl HttpPaymentProvider {
             }
         };
         let status = response.status();
-        tracing::Span::current().record("http.response.status_code", status.as_u16());
+        span.span().set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status.as_u16()),
+        ));
         let answer = read_limited(response).await;
         self.metrics
             .payment_request(status_class(status), started.elapsed());
@@ -134,20 +138,20 @@ impl HttpPaymentProvider {
 
 impl PaymentProvider for HttpPaymentProvider {
     async fn charge(&self, order: &Order) -> Result<ChargeId, PaymentError> {
-        let span = tracing::info_span!(
-            "charge",
-            otel.kind = "client",
-            http.request.method = "POST",
-            server.address = %self.server_address,
-            url.path = "/v1/charges",
-            http.response.status_code = Empty,
-            error.type = Empty,
-            otel.status_code = Empty,
-        );
-        let result = self.post(order).instrument(span.clone()).await;
+        let span = telemetry::child_span(|| {
+            SpanBuilder::from_name("charge")
+                .with_kind(SpanKind::Client)
+                .with_attributes([
+                    KeyValue::new("http.request.method", "POST"),
+                    KeyValue::new("server.address", self.server_address.clone()),
+                    KeyValue::new("url.path", "/v1/charges"),
+                ])
+        });
+        let result = self.post(order, &span).await;
         if let Err(error) = &result {
-            span.record("error.type", error_type(error));
-            span.record("otel.status_code", "ERROR");
+            span.span()
+                .set_attribute(KeyValue::new("error.type", error_type(error)));
+            span.span().set_status(Status::error(error_type(error)));
         }
         result
     }

@@ -12,14 +12,17 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{SpanBuilder, SpanKind};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::batch::{BatchLimits, Batcher};
 use crate::domain::{OrderId, OrderRepository, ProcessedOrder, RepositoryError};
+use crate::telemetry;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -134,29 +137,28 @@ impl PostgresOrders {
 
 impl OrderRepository for PostgresOrders {
     async fn is_processed(&self, id: OrderId) -> Result<bool, RepositoryError> {
-        let span = tracing::info_span!(
-            "lookup",
-            otel.kind = "client",
-            db.system.name = "postgresql",
-            db.operation.name = "SELECT",
-            db.collection.name = "orders",
-        );
-        let answer = self.lookups.call(id.as_uuid()).instrument(span).await;
+        let span = telemetry::child_span(|| client_span("lookup", "SELECT", "SELECT orders"));
+        let answer = self.lookups.call(id.as_uuid()).with_context(span).await;
         flatten(answer)
     }
 
     async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
-        let span = tracing::info_span!(
-            "save",
-            otel.kind = "client",
-            db.system.name = "postgresql",
-            db.operation.name = "INSERT",
-            db.collection.name = "orders",
-            db.query.summary = "INSERT orders",
-        );
-        let answer = self.saves.call(order).instrument(span).await;
+        let span = telemetry::child_span(|| client_span("save", "INSERT", "INSERT orders"));
+        let answer = self.saves.call(order).with_context(span).await;
         flatten(answer)
     }
+}
+
+/// A database client span of an order (OpenTelemetry database conventions).
+fn client_span(name: &'static str, operation: &'static str, summary: &'static str) -> SpanBuilder {
+    SpanBuilder::from_name(name)
+        .with_kind(SpanKind::Client)
+        .with_attributes([
+            KeyValue::new("db.system.name", "postgresql"),
+            KeyValue::new("db.operation.name", operation),
+            KeyValue::new("db.collection.name", "orders"),
+            KeyValue::new("db.query.summary", summary),
+        ])
 }
 
 fn flatten<T>(

@@ -11,6 +11,7 @@
 //! in-flight orders get the grace period to finish, the rest is left
 //! unacknowledged, and the connection is closed.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,14 +22,13 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt as _};
+use opentelemetry::{Context, KeyValue, StringValue};
 use rand::Rng as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument as _;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::headers::{self, HeaderExtractor};
 use super::republish::Republisher;
@@ -39,7 +39,7 @@ use crate::disposition::{Disposition, ErrorKind, RetryDecision, RetryPolicy};
 use crate::domain::{OrderRepository, PaymentProvider};
 use crate::health::Health;
 use crate::metrics::{Metrics, Outcome};
-use crate::telemetry;
+use crate::telemetry::{self, OrderTracer};
 use crate::usecase::{ProcessError, ProcessOrder};
 
 /// Everything the consumer needs to know, taken from the settings.
@@ -57,6 +57,7 @@ pub struct ConsumerSettings {
 pub struct AmqpConsumer<P, R> {
     settings: ConsumerSettings,
     usecase: Arc<ProcessOrder<P, R>>,
+    tracer: OrderTracer,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
@@ -64,10 +65,13 @@ pub struct AmqpConsumer<P, R> {
 /// What every order task of one session shares.
 struct Session<P, R> {
     usecase: Arc<ProcessOrder<P, R>>,
+    tracer: OrderTracer,
+    /// `process <queue>`, the name of every consumer span.
+    span_name: Cow<'static, str>,
+    queue: StringValue,
     metrics: Arc<Metrics>,
     settler: Settler,
     republisher: Republisher,
-    names: Names,
     retry: RetryPolicy,
 }
 
@@ -78,12 +82,14 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
     pub fn new(
         settings: ConsumerSettings,
         usecase: Arc<ProcessOrder<P, R>>,
+        tracer: OrderTracer,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
         Self {
             settings,
             usecase,
+            tracer,
             metrics,
             health,
         }
@@ -163,10 +169,12 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         );
         let session = Arc::new(Session {
             usecase: Arc::clone(&self.usecase),
+            tracer: self.tracer.clone(),
+            span_name: Cow::Owned(format!("process {}", settings.names.queue)),
+            queue: StringValue::from(Arc::<str>::from(settings.names.queue.as_str())),
             metrics: Arc::clone(&self.metrics),
             settler,
             republisher: Republisher::new(publishing.clone(), settings.names.clone()),
-            names: settings.names.clone(),
             retry: settings.retry,
         });
         let consumer = consuming
@@ -278,25 +286,30 @@ async fn handle<P: PaymentProvider, R: OrderRepository>(
     let started = Instant::now();
     session.metrics.in_flight().inc();
     let attempt = headers::attempt(&delivery.properties);
-    let span = consumer_span(&session.names, &delivery, attempt);
-    let trace_id = telemetry::trace_id(&span);
+    let order = consumer_span(session, &delivery, attempt);
+    let trace_id = telemetry::context_trace_id(&order);
 
     let result = tokio::select! {
         biased;
         () = interrupt.cancelled() => Err(ProcessError::Interrupted),
-        result = session.usecase.execute(&delivery.data, trace_id).instrument(span.clone()) => result,
+        result = session.usecase.execute(&delivery.data, trace_id).with_context(order.clone()) => result,
     };
     let disposition = Disposition::of(&result);
     let (outcome, kind) = settle(session, &delivery, attempt, disposition)
-        .instrument(span.clone())
+        .with_context(order.clone())
         .await;
 
-    span.record("messaging.rabbitmq.outcome", outcome_name(outcome));
+    let span = order.span();
+    span.set_attribute(KeyValue::new(
+        "messaging.rabbitmq.outcome",
+        outcome_name(outcome),
+    ));
     if let Err(error) = &result {
-        span.record("error.type", kind.map_or("interrupted", ErrorKind::as_str));
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", tracing::field::display(error));
+        let kind = kind.map_or("interrupted", ErrorKind::as_str);
+        span.set_attribute(KeyValue::new("error.type", kind));
+        span.set_status(Status::error(error.to_string()));
     }
+    span.end();
     session.metrics.in_flight().dec();
     session.metrics.delivery_settled(
         outcome,
@@ -306,37 +319,38 @@ async fn handle<P: PaymentProvider, R: OrderRepository>(
 }
 
 /// The consumer span, a child of the publisher's span when the message
-/// carries a `traceparent` (OpenTelemetry messaging conventions).
-fn consumer_span(names: &Names, delivery: &Delivery, attempt: u32) -> tracing::Span {
+/// carries a `traceparent` (OpenTelemetry messaging conventions), as the
+/// order's context.
+fn consumer_span<P, R>(session: &Session<P, R>, delivery: &Delivery, attempt: u32) -> Context {
     let properties = &delivery.properties;
-    let span = tracing::info_span!(
-        "process",
-        otel.name = %format_args!("process {}", names.queue),
-        otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = %names.queue,
-        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
-        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
-        messaging.message.id = Empty,
-        messaging.message.body.size = delivery.data.len(),
-        messaging.rabbitmq.attempt = attempt,
-        messaging.rabbitmq.outcome = Empty,
-        order.id = Empty,
-        error.type = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-    );
+    let mut attributes = Vec::with_capacity(10);
+    attributes.extend([
+        KeyValue::new("messaging.system", "rabbitmq"),
+        KeyValue::new("messaging.operation.type", "process"),
+        KeyValue::new("messaging.operation.name", "process"),
+        KeyValue::new("messaging.destination.name", session.queue.clone()),
+        KeyValue::new(
+            "messaging.rabbitmq.destination.routing_key",
+            delivery.routing_key.to_string(),
+        ),
+        KeyValue::new(
+            "messaging.rabbitmq.message.delivery_tag",
+            i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
+        ),
+        KeyValue::new(
+            "messaging.message.body.size",
+            i64::try_from(delivery.data.len()).unwrap_or(i64::MAX),
+        ),
+        KeyValue::new("messaging.rabbitmq.attempt", i64::from(attempt)),
+    ]);
     if let Some(id) = properties.message_id() {
-        span.record("messaging.message.id", id.as_str());
+        attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
     }
+    let span = SpanBuilder::from_name(session.span_name.clone())
+        .with_kind(SpanKind::Consumer)
+        .with_attributes(attributes);
     let parent = telemetry::extract(&HeaderExtractor(properties.headers().as_ref()));
-    if parent.span().span_context().is_valid() {
-        // A span that was never entered always accepts a parent.
-        let _ = span.set_parent(parent);
-    }
-    span
+    session.tracer.start(span, &parent)
 }
 
 /// Carries out a disposition. Returns how the delivery ended and, for a
