@@ -161,6 +161,13 @@ fn once_for_exporter_errors(meta: &tracing::Metadata<'_>) -> bool {
 #[derive(Clone, Debug)]
 pub struct OrderTracer(SdkTracer);
 
+/// What an order's context carries besides its span: the tracer of the
+/// child spans, and the span's name for the log lines written inside it.
+struct InOrder {
+    tracer: OrderTracer,
+    span_name: &'static str,
+}
+
 impl OrderTracer {
     /// A tracer whose spans get ids but are exported nowhere.
     pub fn unexported() -> Self {
@@ -173,10 +180,14 @@ impl OrderTracer {
 
     /// Starts `span` as a child of `parent` (the publisher's context, or an
     /// empty one) and returns the order's context: that span, and this
-    /// tracer for its children.
-    pub fn start(&self, span: SpanBuilder, parent: &Context) -> Context {
+    /// tracer for its children. `log_name` names the span in log lines.
+    pub fn start(&self, span: SpanBuilder, log_name: &'static str, parent: &Context) -> Context {
         let span = span.start_with_context(&self.0, parent);
-        parent.with_value(self.clone()).with_span(span)
+        let in_order = InOrder {
+            tracer: self.clone(),
+            span_name: log_name,
+        };
+        parent.with_value(in_order).with_span(span)
     }
 }
 
@@ -184,16 +195,24 @@ impl OrderTracer {
 /// The span ends when the last clone of the context is dropped. Outside an
 /// order (no [`OrderTracer`] in the current context: unit tests,
 /// benchmarks) no span is made and the current context is returned.
-pub fn child_span(span: impl FnOnce() -> SpanBuilder) -> Context {
-    Context::map_current(|current| match current.get::<OrderTracer>() {
-        Some(tracer) => current.with_span(span().start_with_context(&tracer.0, current)),
+pub fn child_span(name: &'static str, span: impl FnOnce(SpanBuilder) -> SpanBuilder) -> Context {
+    Context::map_current(|current| match current.get::<InOrder>() {
+        Some(order) => {
+            let child =
+                span(SpanBuilder::from_name(name)).start_with_context(&order.tracer.0, current);
+            let in_order = InOrder {
+                tracer: order.tracer.clone(),
+                span_name: name,
+            };
+            current.with_value(in_order).with_span(child)
+        }
         None => current.clone(),
     })
 }
 
 /// Runs `work` inside a child span of the current order's span.
-pub fn in_child_span<T>(span: impl FnOnce() -> SpanBuilder, work: impl FnOnce() -> T) -> T {
-    let _attached = child_span(span).attach();
+pub fn in_child_span<T>(name: &'static str, work: impl FnOnce() -> T) -> T {
+    let _attached = child_span(name, |span| span).attach();
     work()
 }
 
@@ -322,9 +341,9 @@ where
     }
 }
 
-/// One JSON object: time, level, target, message and fields, then the ids
-/// of the current order's span, or else the innermost tracing span's name
-/// and ids.
+/// One JSON object: time, level, target, message and fields, then the name
+/// and ids of the current order's span, or else of the innermost tracing
+/// span.
 fn json_line<S>(event: &Event<'_>, span: Option<SpanRef<'_, S>>) -> Value
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -344,13 +363,15 @@ where
     );
     event.record(&mut JsonFields(&mut line));
     let order_ids = Context::map_current(|current| {
+        let name = current.get::<InOrder>()?.span_name;
         let span = current.span();
         let ids = span.span_context();
         ids.is_valid()
-            .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+            .then(|| (name, ids.trace_id().to_string(), ids.span_id().to_string()))
     });
-    if let Some((trace_id, span_id)) = order_ids {
+    if let Some((name, trace_id, span_id)) = order_ids {
         // Inside an order: its spans are not tracing spans.
+        line.insert("span".into(), Value::String(name.to_owned()));
         line.insert("trace_id".into(), Value::String(trace_id));
         line.insert("span_id".into(), Value::String(span_id));
     } else if let Some(span) = span {

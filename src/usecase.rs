@@ -10,7 +10,7 @@
 //! [`crate::disposition`].
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{SpanBuilder, TraceContextExt as _};
+use opentelemetry::trace::TraceContextExt as _;
 
 use crate::domain::{
     ChargeId, DecodeError, Order, OrderError, OrderRepository, PaymentError, PaymentProvider,
@@ -87,8 +87,7 @@ impl<P: PaymentProvider, R: OrderRepository> ProcessOrder<P, R> {
         body: &[u8],
         trace_id: Option<String>,
     ) -> Result<Processed, ProcessError> {
-        let order =
-            telemetry::in_child_span(|| SpanBuilder::from_name("validate"), || Order::parse(body))?;
+        let order = telemetry::in_child_span("validate", || Order::parse(body))?;
         // The caller's span (one per delivery) carries the order's id.
         opentelemetry::Context::map_current(|order_context| {
             let id = KeyValue::new("order.id", order.id().to_string());

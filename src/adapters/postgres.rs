@@ -137,28 +137,29 @@ impl PostgresOrders {
 
 impl OrderRepository for PostgresOrders {
     async fn is_processed(&self, id: OrderId) -> Result<bool, RepositoryError> {
-        let span = telemetry::child_span(|| client_span("lookup", "SELECT", "SELECT orders"));
+        let span = telemetry::child_span("lookup", |span| {
+            client_span(span, "SELECT", "SELECT orders")
+        });
         let answer = self.lookups.call(id.as_uuid()).with_context(span).await;
         flatten(answer)
     }
 
     async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
-        let span = telemetry::child_span(|| client_span("save", "INSERT", "INSERT orders"));
+        let span =
+            telemetry::child_span("save", |span| client_span(span, "INSERT", "INSERT orders"));
         let answer = self.saves.call(order).with_context(span).await;
         flatten(answer)
     }
 }
 
 /// A database client span of an order (OpenTelemetry database conventions).
-fn client_span(name: &'static str, operation: &'static str, summary: &'static str) -> SpanBuilder {
-    SpanBuilder::from_name(name)
-        .with_kind(SpanKind::Client)
-        .with_attributes([
-            KeyValue::new("db.system.name", "postgresql"),
-            KeyValue::new("db.operation.name", operation),
-            KeyValue::new("db.collection.name", "orders"),
-            KeyValue::new("db.query.summary", summary),
-        ])
+fn client_span(span: SpanBuilder, operation: &'static str, summary: &'static str) -> SpanBuilder {
+    span.with_kind(SpanKind::Client).with_attributes([
+        KeyValue::new("db.system.name", "postgresql"),
+        KeyValue::new("db.operation.name", operation),
+        KeyValue::new("db.collection.name", "orders"),
+        KeyValue::new("db.query.summary", summary),
+    ])
 }
 
 fn flatten<T>(

@@ -350,7 +350,7 @@ fn consumer_span<P, R>(session: &Session<P, R>, delivery: &Delivery, attempt: u3
         .with_kind(SpanKind::Consumer)
         .with_attributes(attributes);
     let parent = telemetry::extract(&HeaderExtractor(properties.headers().as_ref()));
-    session.tracer.start(span, &parent)
+    session.tracer.start(span, "process", &parent)
 }
 
 /// Carries out a disposition. Returns how the delivery ended and, for a
