@@ -76,8 +76,8 @@ impl HttpPaymentProvider {
         }
         .map_err(|_| PaymentClientError::InvalidUrl)?;
         let client = reqwest::Client::builder()
-            // A charge is never sent anywhere but the configured provider;
-            // and checking each answer for a redirect costs a URL parse.
+            // A charge, with its payment token, is never sent anywhere but
+            // the configured provider.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
