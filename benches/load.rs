@@ -154,9 +154,15 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
     let mut problems = check(&db, &broker, &world.names, n).await?;
     let mut expected = n;
     let mut latency = Vec::new();
-    for (label, rate, length) in latency_phases(smoke, drain.rate) {
+    for phase in latency_phases(smoke, drain.rate) {
+        let Phase {
+            label,
+            rate,
+            length,
+        } = &phase;
         eprintln!("[load] latency at {label}: {rate:.0}/s for {length:?}");
-        let row = measure_latency(&mut orders, &db, &daemon, label, rate, length, expected);
+        let pids = world.pids();
+        let row = measure_latency(&mut orders, &db, &daemon, pids, phase, expected);
         let row = row.await?;
         expected += row.sent;
         if row.missing > 0 {
@@ -194,15 +200,31 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
     })
 }
 
-/// The latency phases: `(label, orders per second, how long)`.
-fn latency_phases(smoke: bool, drain_rate: f64) -> Vec<(String, f64, Duration)> {
+/// Orders published at a steady rate, to measure publish→commit.
+struct Phase {
+    label: String,
+    /// Orders per second.
+    rate: f64,
+    length: Duration,
+}
+
+/// The latency phases: a quarter, half and 80 % of the drain rate.
+fn latency_phases(smoke: bool, drain_rate: f64) -> Vec<Phase> {
     if smoke {
-        return vec![("100/s".to_owned(), 100.0, Duration::from_secs(2))];
+        let label = "100/s".to_owned();
+        let length = Duration::from_secs(2);
+        return vec![Phase {
+            label,
+            rate: 100.0,
+            length,
+        }];
     }
-    let phase = |percent: f64| (format!("{percent}%"), drain_rate * percent / 100.0);
-    [phase(50.0), phase(80.0)]
-        .map(|(label, rate)| (label, rate, Duration::from_secs(10)))
-        .into()
+    let phase = |percent: f64| Phase {
+        label: format!("{percent}%"),
+        rate: drain_rate * percent / 100.0,
+        length: Duration::from_secs(10),
+    };
+    vec![phase(25.0), phase(50.0), phase(80.0)]
 }
 
 /// Everything one run creates, so that all of it can be removed.
@@ -253,7 +275,7 @@ impl World {
     }
 
     fn database_url(&self) -> String {
-        format!("{POSTGRES}/{}", self.database)
+        format!("{POSTGRES}/{}?sslmode=disable", self.database)
     }
 
     /// Nothing from the shell but `PATH` and the `ORDER_PROCESSOR__*`
@@ -367,6 +389,14 @@ impl World {
 
     /// Times the daemon from its first `/readyz` 200 (it consumes from then
     /// on) until it has acked `n` orders, with the CPU spent meanwhile.
+    /// The process ids of the daemon and payment-sim.
+    fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (
+            self.daemon.as_ref().map(Child::id),
+            self.sim.as_ref().map(Child::id),
+        )
+    }
+
     async fn drain(&mut self, daemon: &Daemon, n: usize) -> Res<Drain> {
         let every = Duration::from_millis(10);
         let ready = poll_until(Duration::from_secs(60), every, async || {
@@ -376,10 +406,7 @@ impl World {
         if !ready.await? {
             return Err("the daemon was not ready within 60 s".to_owned());
         }
-        let pids = (
-            self.daemon.as_ref().map(Child::id),
-            self.sim.as_ref().map(Child::id),
-        );
+        let pids = self.pids();
         let (cpu, started) = (Cpu::sample(pids.0, pids.1), Instant::now());
         let limit = Duration::from_secs(60) + Duration::from_millis(2 * n as u64);
         let mut last = Scrape::default();
@@ -728,12 +755,18 @@ async fn measure_latency(
     publisher: &mut Publisher,
     db: &PgPool,
     daemon: &Daemon,
-    label: String,
-    rate: f64,
-    length: Duration,
+    pids: (Option<u32>, Option<u32>),
+    phase: Phase,
     acked_before: usize,
 ) -> Res<Latency> {
+    let Phase {
+        label,
+        rate,
+        length,
+    } = phase;
     let sent = (rate * length.as_secs_f64()) as usize;
+    let before = daemon.scrape().await?;
+    let (machine, cpu) = (machine_ticks(), Cpu::sample(pids.0, pids.1));
     let mut published = HashMap::with_capacity(sent);
     let started = Instant::now();
     while published.len() < sent {
@@ -746,10 +779,20 @@ async fn measure_latency(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rate = sent as f64 / started.elapsed().as_secs_f64();
+    let busy = machine_busy_since(machine);
+    let cpu = Cpu::sample(pids.0, pids.1).since(cpu);
     publisher.flush().await?;
     let expected = (acked_before + sent) as f64;
-    let all_acked = async || Ok(daemon.scrape().await?.acked >= expected);
+    let mut after = Scrape::default();
+    let all_acked = async || {
+        after = daemon.scrape().await?;
+        Ok(after.acked >= expected)
+    };
     poll_until(Duration::from_secs(30), POLL, all_acked).await?;
+    let acked = (after.acked - before.acked).max(1.0);
+    let daemon_ms = (after.processing_seconds - before.processing_seconds) * 1e3 / acked;
+    let payments = (after.payments - before.payments).max(1.0);
+    let payment_ms = (after.payment_seconds - before.payment_seconds) * 1e3 / payments;
 
     let ids: Vec<Uuid> = published.keys().copied().collect();
     let query = "SELECT order_id, processed_at FROM orders WHERE order_id = ANY($1)";
@@ -777,6 +820,10 @@ async fn measure_latency(
         p99,
         max,
         missing,
+        daemon_ms,
+        payment_ms,
+        busy,
+        cpu,
     })
 }
 
@@ -824,6 +871,30 @@ fn ticks(pid: &str) -> Option<u64> {
     fields.try_fold(0, |sum, field| Some(sum + field.parse::<u64>().ok()?))
 }
 
+/// The machine's `(busy, total)` CPU ticks over all cores, from
+/// `/proc/stat` (idle and I/O wait are not busy).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+/// The share of the machine's CPU time that was busy since `before`.
+fn machine_busy_since(before: Option<(u64, u64)>) -> f64 {
+    match (before, machine_ticks()) {
+        (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
+            (busy1 - busy0) as f64 / (total1 - total0) as f64
+        }
+        _ => f64::NAN,
+    }
+}
+
 /// The ticks of every process whose command name is `name`.
 fn ticks_of_all(name: &str) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -859,6 +930,14 @@ struct Latency {
     p99: f64,
     max: f64,
     missing: usize,
+    /// The daemon's mean time from delivery to settlement in this phase.
+    daemon_ms: f64,
+    /// The mean time of a payment call in this phase.
+    payment_ms: f64,
+    /// How busy the machine's cores were while publishing.
+    busy: f64,
+    /// What each process spent while publishing (`client`: the publisher).
+    cpu: Cpu,
 }
 
 struct Report {
@@ -946,15 +1025,31 @@ impl Report {
         );
         for l in &self.latency {
             println!(
-                "publish→commit at {} ({}/s): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+                "publish→commit at {} ({}/s, CPU {:.0} % busy): p50 {:.1} ms, p99 {:.1} ms, \
+                 max {:.1} ms (in the daemon {:.1} ms on average, payment call {:.1} ms); \
                  {} of {} not saved after 30 s",
                 l.label,
                 grouped(l.rate),
+                l.busy * 100.0,
                 l.p50,
                 l.p99,
                 l.max,
+                l.daemon_ms,
+                l.payment_ms,
                 l.missing,
                 grouped(l.sent as f64)
+            );
+            let per_order = |ticks: u64| ticks as f64 * 1e6 / hz / l.sent.max(1) as f64;
+            let c = &l.cpu;
+            println!(
+                "    CPU per order at {}: daemon {:.0} µs, broker {:.0} µs, PostgreSQL {:.0} µs, \
+                 payment-sim {:.0} µs, publisher {:.0} µs",
+                l.label,
+                per_order(c.daemon),
+                per_order(c.broker),
+                per_order(c.postgres),
+                per_order(c.sim),
+                per_order(c.client),
             );
         }
         match self.stopped {
