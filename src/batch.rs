@@ -134,6 +134,69 @@ mod tests {
 
     use super::*;
 
+    /// A batcher with one worker that doubles numbers and records the size
+    /// of every batch it runs.
+    fn recording(
+        max_batch: usize,
+        linger: Duration,
+    ) -> (
+        TaskTracker,
+        Arc<std::sync::Mutex<Vec<usize>>>,
+        Batcher<u32, u32>,
+    ) {
+        let tracker = TaskTracker::new();
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&sizes);
+        let limits = BatchLimits {
+            queue: 100,
+            max_batch,
+            workers: 1,
+            linger,
+        };
+        let batcher = Batcher::spawn(limits, &tracker, move |requests: Vec<u32>| {
+            recorded.lock().unwrap().push(requests.len());
+            async move { requests.into_iter().map(|r| r * 2).collect::<Vec<_>>() }
+        });
+        (tracker, sizes, batcher)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_request_waits_up_to_the_linger_for_company() {
+        let linger = Duration::from_millis(20);
+        let (tracker, sizes, batcher) = recording(10, linger);
+
+        let early = batcher.clone();
+        let first = tokio::spawn(async move { early.call(1).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(batcher.call(2).await.unwrap(), 4);
+        assert_eq!(first.await.unwrap(), 2);
+        assert_eq!(*sizes.lock().unwrap(), [2], "one batch for both");
+
+        let started = tokio::time::Instant::now();
+        assert_eq!(batcher.call(3).await.unwrap(), 6);
+        assert!(started.elapsed() >= linger, "alone, it waited the linger");
+        assert_eq!(*sizes.lock().unwrap(), [2, 1]);
+
+        drop(batcher);
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_runs_without_waiting_for_the_linger() {
+        let linger = Duration::from_secs(3600);
+        let (tracker, sizes, batcher) = recording(2, linger);
+        let started = tokio::time::Instant::now();
+        let (a, b) = tokio::join!(batcher.call(1), batcher.call(2));
+        assert_eq!((a.unwrap(), b.unwrap()), (2, 4));
+        assert!(started.elapsed() < linger);
+        assert_eq!(*sizes.lock().unwrap(), [2]);
+
+        drop(batcher);
+        tracker.close();
+        tracker.wait().await;
+    }
+
     #[tokio::test]
     async fn concurrent_requests_share_batches_and_get_their_own_answers() {
         let tracker = TaskTracker::new();
