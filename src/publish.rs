@@ -219,6 +219,11 @@ impl Publisher<'_> {
         while !self.pending.is_empty() {
             self.settle_oldest().await;
         }
+        // Closed here rather than dropped: a dropped channel is closed in
+        // the background, and that close would race the connection's.
+        if let Err(error) = self.channel.close(200, "done".into()).await {
+            tracing::debug!(%error, "channel already closed");
+        }
         if self.unconfirmed > 0 {
             return Err(PublishError::Unconfirmed(self.unconfirmed));
         }

@@ -13,7 +13,7 @@ mod common;
 use std::process::Command;
 
 use common::TestEnv;
-use common::daemon::{DAEMON, config_dir};
+use common::daemon::{DAEMON, Daemon, PaymentSim, config_dir};
 
 fn order_processor(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(DAEMON);
@@ -145,4 +145,48 @@ fn an_unreachable_database_is_one_line_and_exit_1() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!stderr.contains("pw@"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_prints_the_ids_of_confirmed_orders_that_are_processed_under_those_traces() {
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&[]);
+    let _daemon = Daemon::start(&env, &sim.url, &[]).await;
+
+    let output = common::daemon::command(&env, &sim.url)
+        .args(["publish", "--count", "3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("published 3 message(s), 3 confirmed by the broker"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(r#""level":"ERROR""#),
+        "a clean run logs no error:\n{stderr}"
+    );
+
+    let printed: Vec<(uuid::Uuid, String)> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (order, trace) = line.split_once(' ').unwrap();
+            let order = order.strip_prefix("order_id=").unwrap().parse().unwrap();
+            (order, trace.strip_prefix("trace_id=").unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(printed.len(), 3);
+    let ids: Vec<uuid::Uuid> = printed.iter().map(|(id, _)| *id).collect();
+    env.assert_exactly_once(&sim, &ids, std::time::Duration::from_secs(30))
+        .await;
+    for (id, trace) in printed {
+        let stored = env.stored_trace_id(id).await;
+        assert_eq!(
+            stored,
+            Some(trace),
+            "the row of {id} is in the printed trace"
+        );
+    }
 }

@@ -207,13 +207,7 @@ async fn an_order_is_one_trace_from_the_publisher_to_the_provider_and_the_row() 
     let sent = call.traceparent.unwrap();
     assert_eq!(sent, format!("00-{trace_id}-{}-01", hex(&charge.span_id)));
 
-    let stored: Option<String> =
-        sqlx::query_scalar("SELECT trace_id FROM orders WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_one(&env.db)
-            .await
-            .unwrap();
-    assert_eq!(stored, Some(trace_id));
+    assert_eq!(env.stored_trace_id(order_id).await, Some(trace_id));
 
     let failed = collector
         .spans()

@@ -117,6 +117,15 @@ impl TestEnv {
         broker.close().await;
     }
 
+    /// The trace id saved with an order's row.
+    pub async fn stored_trace_id(&self, order_id: Uuid) -> Option<String> {
+        sqlx::query_scalar("SELECT trace_id FROM orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
     /// Rows in `orders`.
     pub async fn order_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM orders")
