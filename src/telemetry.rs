@@ -169,15 +169,6 @@ struct InOrder {
 }
 
 impl OrderTracer {
-    /// A tracer whose spans get ids but are exported nowhere.
-    pub fn unexported() -> Self {
-        Self(
-            SdkTracerProvider::builder()
-                .build()
-                .tracer("order-processor"),
-        )
-    }
-
     /// Starts `span` as a child of `parent` (the publisher's context, or an
     /// empty one) and returns the order's context: that span, and this
     /// tracer for its children. `log_name` names the span in log lines.
