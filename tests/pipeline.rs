@@ -178,15 +178,7 @@ async fn a_provider_failing_twice_then_succeeding_charges_once() {
     .await;
     let broker = Broker::connect().await;
 
-    let id = Uuid::new_v4();
-    broker
-        .publish(
-            &env.exchange,
-            &env.routing_key,
-            &order_json(id, "tok_visa"),
-            Broker::properties(None),
-        )
-        .await;
+    let id = env.publish_orders(1, "tok_visa").await[0];
     env.eventually(WAIT, "the row", || async { env.order_count().await == 1 })
         .await;
 
@@ -212,15 +204,7 @@ async fn a_provider_that_hangs_times_out_and_the_charge_is_retried_once_later() 
     .await;
     let broker = Broker::connect().await;
 
-    let id = Uuid::new_v4();
-    broker
-        .publish(
-            &env.exchange,
-            &env.routing_key,
-            &order_json(id, "tok_visa"),
-            Broker::properties(None),
-        )
-        .await;
+    let id = env.publish_orders(1, "tok_visa").await[0];
     env.eventually(WAIT, "the row", || async { env.order_count().await == 1 })
         .await;
 
@@ -252,17 +236,9 @@ async fn an_unreachable_provider_is_retried_with_backoff_then_dead_lettered() {
     .await;
     let broker = Broker::connect().await;
 
-    let id = Uuid::new_v4();
+    let id = env.publish_orders(1, "tok_visa").await[0];
     let body = order_json(id, "tok_visa");
     let started = std::time::Instant::now();
-    broker
-        .publish(
-            &env.exchange,
-            &env.routing_key,
-            &body,
-            Broker::properties(None),
-        )
-        .await;
     env.eventually(WAIT, "the dead letter", || async {
         broker.depth(&env.dead_letter_queue()).await == 1
     })
@@ -310,16 +286,8 @@ async fn a_provider_that_keeps_failing_exhausts_the_attempts_with_spaced_out_del
     .await;
     let broker = Broker::connect().await;
 
-    let id = Uuid::new_v4();
+    let id = env.publish_orders(1, "tok_visa").await[0];
     let body = order_json(id, "tok_visa");
-    broker
-        .publish(
-            &env.exchange,
-            &env.routing_key,
-            &body,
-            Broker::properties(None),
-        )
-        .await;
     env.eventually(WAIT, "the dead letter", || async {
         broker.depth(&env.dead_letter_queue()).await == 1
     })
