@@ -215,9 +215,15 @@ pub fn inject(context: &Context, carrier: &mut dyn Injector) {
 /// The trace id of an order's context as 32 lowercase hex digits, if it
 /// has one.
 pub fn context_trace_id(context: &Context) -> Option<String> {
+    ids(context).map(|(trace_id, _)| trace_id)
+}
+
+/// The trace and span ids of a context's span as lowercase hex, if valid.
+fn ids(context: &Context) -> Option<(String, String)> {
     let span = context.span();
     let ids = span.span_context();
-    ids.is_valid().then(|| ids.trace_id().to_string())
+    ids.is_valid()
+        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
 }
 
 /// The W3C trace-context propagator (`traceparent`, `tracestate`).
@@ -240,11 +246,7 @@ pub fn inject_current(carrier: &mut dyn Injector) {
 /// The trace id of a span as 32 lowercase hex digits, if it has one.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    context_trace_id(&span.context())
 }
 
 /// The log layer, and the subscriber's only filter.
@@ -353,31 +355,27 @@ where
         Value::String(event.metadata().target().to_owned()),
     );
     event.record(&mut JsonFields(&mut line));
-    let order_ids = Context::map_current(|current| {
-        let name = current.get::<InOrder>()?.span_name;
-        let span = current.span();
-        let ids = span.span_context();
-        ids.is_valid()
-            .then(|| (name, ids.trace_id().to_string(), ids.span_id().to_string()))
+    let in_order = Context::map_current(|current| {
+        let order = current.get::<InOrder>()?;
+        Some((order.span_name, current.clone()))
     });
-    if let Some((name, trace_id, span_id)) = order_ids {
+    let (name, context) = match (in_order, span) {
         // Inside an order: its spans are not tracing spans.
+        (Some((name, context)), _) => (Some(name), Some(context)),
+        (None, Some(span)) => (
+            Some(span.name()),
+            tracing::dispatcher::get_default(|dispatch| {
+                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
+            }),
+        ),
+        (None, None) => (None, None),
+    };
+    if let Some(name) = name {
         line.insert("span".into(), Value::String(name.to_owned()));
+    }
+    if let Some((trace_id, span_id)) = context.as_ref().and_then(ids) {
         line.insert("trace_id".into(), Value::String(trace_id));
         line.insert("span_id".into(), Value::String(span_id));
-    } else if let Some(span) = span {
-        line.insert("span".into(), Value::String(span.name().to_owned()));
-        let context = tracing::dispatcher::get_default(|dispatch| {
-            tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
-        });
-        if let Some(context) = context {
-            let otel_span = context.span();
-            let ids = otel_span.span_context();
-            if ids.is_valid() {
-                line.insert("trace_id".into(), Value::String(ids.trace_id().to_string()));
-                line.insert("span_id".into(), Value::String(ids.span_id().to_string()));
-            }
-        }
     }
     Value::Object(line)
 }

@@ -159,9 +159,9 @@ impl PaymentProvider for HttpPaymentProvider {
         // lines (a refused certificate) carry the charge span.
         let result = self.post(order, &span).with_context(span.clone()).await;
         if let Err(error) = &result {
-            span.span()
-                .set_attribute(KeyValue::new("error.type", error_type(error)));
-            span.span().set_status(Status::error(error_type(error)));
+            let kind = error_type(error);
+            span.span().set_attribute(KeyValue::new("error.type", kind));
+            span.span().set_status(Status::error(kind));
         }
         result
     }
