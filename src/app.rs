@@ -30,6 +30,8 @@ pub enum AppError {
     Http(#[from] HttpServerError),
     #[error("could not listen for signals: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("the consumer ended abnormally: {0}")]
+    Consumer(#[source] tokio::task::JoinError),
 }
 
 const MIGRATE_RETRY: Duration = Duration::from_secs(2);
@@ -127,7 +129,10 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
         Arc::clone(&metrics),
         Arc::clone(&health),
     );
-    consumer.run(stop.clone()).await;
+    // On a runtime worker rather than the thread that started the runtime:
+    // the order tasks the consumer spawns then start on that worker's own
+    // queue, instead of each being handed over with a cross-thread wake-up.
+    let consumed = background.spawn(consumer.run(stop.clone())).await;
 
     // The consumer held the last use of the repository: its batch workers
     // see their queues close and finish.
@@ -138,6 +143,7 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     stop.cancel();
     background.close();
     background.wait().await;
+    consumed.map_err(AppError::Consumer)?;
     tracing::info!("stopped");
     Ok(())
 }
