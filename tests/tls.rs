@@ -46,7 +46,7 @@ impl Peers {
         Self {
             broker: TlsProxy::start(&ca, RABBITMQ.parse().unwrap(), Protocol::Tls).await,
             database: TlsProxy::start(&ca, POSTGRES.parse().unwrap(), Protocol::Postgres).await,
-            payment: TlsProxy::start(&ca, sim_address, Protocol::Tls).await,
+            payment: TlsProxy::start(&ca, sim_address, Protocol::Https).await,
             ca,
         }
     }
@@ -120,6 +120,14 @@ async fn orders_flow_over_tls(trust: Trust) {
         assert!(proxy.handshakes() > 0, "no TLS session with the {peer}");
         assert_eq!(proxy.refused(), 0, "a TLS handshake with the {peer} failed");
     }
+    // Offered HTTP/2, the daemon still speaks HTTP/1.1: one connection per
+    // charge in flight, never the provider's stream limit of one HTTP/2
+    // connection.
+    assert_eq!(
+        peers.payment.h2_sessions(),
+        0,
+        "the provider was spoken to in HTTP/2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

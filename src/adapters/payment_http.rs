@@ -4,7 +4,8 @@
 //! `traceparent` of its charge span. Answers map to the domain's error classes:
 //! 200/201 charged, 402 declined, other 4xx (but 429) rejected, 429/5xx,
 //! timeouts and connection failures unavailable (transient). One client is
-//! shared by all workers so connections stay alive between charges.
+//! shared by all workers so connections stay alive between charges: HTTP/1.1,
+//! one connection per charge in flight.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +85,10 @@ impl HttpPaymentProvider {
             .pool_max_idle_per_host(max_connections)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
+            // HTTP/1.1 even to a provider that offers HTTP/2: one HTTP/2
+            // connection carries every charge, and its stream limit (often
+            // 100) would cap the charges in flight far below the pool size.
+            .http1_only()
             .build()
             .map_err(PaymentClientError::Client)?;
         Ok(Self {

@@ -95,8 +95,11 @@ impl TestCa {
 /// What a client says before the TLS handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// TLS from the first byte: `amqps://`, `https://`.
+    /// TLS from the first byte: `amqps://`.
     Tls,
+    /// TLS from the first byte, offering HTTP/2 and HTTP/1.1 by ALPN (`h2`
+    /// preferred), as most HTTPS servers and load balancers do.
+    Https,
     /// PostgreSQL: an SSLRequest answered with `S` (a GSSENCRequest with
     /// `N`), then TLS. A client that starts in plain text is turned away.
     Postgres,
@@ -106,6 +109,7 @@ pub enum Protocol {
 struct Counts {
     handshakes: AtomicU64,
     refused: AtomicU64,
+    h2: AtomicU64,
 }
 
 /// A TLS-terminating proxy on `127.0.0.1`; stops (with every connection it
@@ -121,7 +125,15 @@ impl TlsProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let counts = Arc::new(Counts::default());
-        let acceptor = TlsAcceptor::from(Arc::clone(&ca.server));
+        let server = match protocol {
+            Protocol::Https => {
+                let mut server = ServerConfig::clone(&ca.server);
+                server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Arc::new(server)
+            }
+            Protocol::Tls | Protocol::Postgres => Arc::clone(&ca.server),
+        };
+        let acceptor = TlsAcceptor::from(server);
         let task = tokio::spawn(accept(
             listener,
             acceptor,
@@ -142,6 +154,11 @@ impl TlsProxy {
     /// certificate aborts with an alert).
     pub fn refused(&self) -> u64 {
         self.counts.refused.load(Ordering::SeqCst)
+    }
+
+    /// TLS sessions in which the client chose HTTP/2 by ALPN.
+    pub fn h2_sessions(&self) -> u64 {
+        self.counts.h2.load(Ordering::SeqCst)
     }
 }
 
@@ -192,6 +209,9 @@ async fn forward(
     let mut tls = match acceptor.accept(client).await {
         Ok(tls) => {
             counts.handshakes.fetch_add(1, Ordering::SeqCst);
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                counts.h2.fetch_add(1, Ordering::SeqCst);
+            }
             tls
         }
         Err(error) => {
