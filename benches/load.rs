@@ -278,14 +278,17 @@ impl World {
         format!("{POSTGRES}/{}?sslmode=disable", self.database)
     }
 
-    /// Nothing from the shell but `PATH` and the `ORDER_PROCESSOR__*`
-    /// variables (to tune prefetch, concurrency …); this run's names win.
+    /// Nothing from the shell but `PATH`, the `ORDER_PROCESSOR__*`
+    /// variables (to tune prefetch, concurrency …) and `OTEL_SDK_DISABLED`;
+    /// this run's names win. Spans are recorded but not exported, unless
+    /// `OTEL_SDK_DISABLED=true` turns them off.
     fn daemon_command(&self, payment_url: &str, listen: &str) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_order-processor"));
         command.env_clear();
         command.env("PATH", std::env::var_os("PATH").unwrap_or_default());
         for (key, value) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ORDER_PROCESSOR__") {
+            if key.to_string_lossy().starts_with("ORDER_PROCESSOR__") || key == "OTEL_SDK_DISABLED"
+            {
                 command.env(key, value);
             }
         }
@@ -299,7 +302,7 @@ impl World {
             .env("ORDER_PROCESSOR__AMQP__QUEUE", &self.names.queue)
             .env("ORDER_PROCESSOR__AMQP__ROUTING_KEY", ROUTING_KEY)
             .env("ORDER_PROCESSOR__HTTP__LISTEN", listen)
-            .env("OTEL_SDK_DISABLED", "true")
+            .env("OTEL_TRACES_EXPORTER", "none")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
         command
@@ -980,11 +983,16 @@ impl Report {
             self.n, self.message_bytes
         );
         println!(
-            "machine: {cores} × {model}; prefetch {} (daemon and ack-only consumer), daemon concurrency {}, runtime threads {}, database pool {}",
+            "machine: {cores} × {model}; prefetch {} (daemon and ack-only consumer), daemon concurrency {}, runtime threads {}, database pool {}, {}",
             c.prefetch,
             c.concurrency,
             threads(c.threads),
-            c.pool
+            c.pool,
+            if spans_off() {
+                "OTEL_SDK_DISABLED (no span recorded)"
+            } else {
+                "spans recorded, not exported"
+            }
         );
         for (how, a) in [
             ("ack per message", &self.ack_each),
@@ -1073,4 +1081,9 @@ fn grouped(value: f64) -> String {
         out.push(digit);
     }
     out
+}
+
+/// Whether the daemon runs with `OTEL_SDK_DISABLED=true` (from the shell).
+fn spans_off() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
 }

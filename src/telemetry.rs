@@ -24,11 +24,13 @@ use std::time::Duration;
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanBuilder, TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanBuilder, SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider as _,
+};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, SdkTracer, SdkTracerProvider};
 use serde_json::{Map, Value};
 use std::io::Write as _;
 
@@ -54,6 +56,7 @@ pub enum LogTarget {
 /// Flushes and stops the exporter when the process ends.
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    sdk_disabled: bool,
 }
 
 impl Telemetry {
@@ -90,12 +93,20 @@ impl Telemetry {
                 key: "RUST_LOG".to_owned(),
                 problem: format!("could not install the logger ({error})"),
             })?;
-        Ok(Self { provider })
+        Ok(Self {
+            provider,
+            sdk_disabled: sdk_disabled(),
+        })
     }
 
-    /// The tracer of the orders' spans, exported like every other span.
+    /// The tracer of the orders' spans, exported like every other span;
+    /// with `OTEL_SDK_DISABLED=true`, one that records nothing.
     pub fn order_tracer(&self) -> OrderTracer {
-        OrderTracer(self.provider.tracer("order-processor"))
+        if self.sdk_disabled {
+            OrderTracer(Spans::IdsOnly)
+        } else {
+            OrderTracer(Spans::Recorded(self.provider.tracer("order-processor")))
+        }
     }
 
     /// Exports what is still buffered, waiting at most `timeout`.
@@ -106,13 +117,18 @@ impl Telemetry {
     }
 }
 
+/// `OTEL_SDK_DISABLED=true`: no span is recorded, nothing is exported.
+fn sdk_disabled() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 fn tracer_provider(default_service: &'static str) -> Result<SdkTracerProvider, ConfigError> {
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| default_service.to_owned());
     let builder = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service).build());
-    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "none");
-    if disabled {
+    let no_export =
+        sdk_disabled() || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "none");
+    if no_export {
         // Spans still get ids (for the logs and the rows); nothing leaves the process.
         return Ok(builder.build());
     }
@@ -159,7 +175,18 @@ fn once_for_exporter_errors(meta: &tracing::Metadata<'_>) -> bool {
 /// Makes the consumer span of each delivery; the context it returns hands
 /// the tracer down to the spans made inside it.
 #[derive(Clone, Debug)]
-pub struct OrderTracer(SdkTracer);
+pub struct OrderTracer(Spans);
+
+#[derive(Clone, Debug)]
+enum Spans {
+    /// Recorded by the SDK, exported as configured.
+    Recorded(SdkTracer),
+    /// `OTEL_SDK_DISABLED=true`: nothing is recorded. A span is only a new
+    /// span id under its parent's trace id, flags and state, so that log
+    /// lines and rows still carry ids and the publisher's sampling decision
+    /// reaches the provider unchanged.
+    IdsOnly,
+}
 
 /// What an order's context carries besides its span: the tracer of the
 /// child spans, and the span's name for the log lines written inside it.
@@ -169,16 +196,55 @@ struct InOrder {
 }
 
 impl OrderTracer {
-    /// Starts `span` as a child of `parent` (the publisher's context, or an
-    /// empty one) and returns the order's context: that span, and this
-    /// tracer for its children. `log_name` names the span in log lines.
-    pub fn start(&self, span: SpanBuilder, log_name: &'static str, parent: &Context) -> Context {
-        let span = span.start_with_context(&self.0, parent);
+    /// Starts the span `span` describes as a child of `parent` (the
+    /// publisher's context, or an empty one) and returns the order's
+    /// context: that span, and this tracer for its children. `log_name`
+    /// names the span in log lines. `span` is only called when spans are
+    /// recorded.
+    pub fn start(
+        &self,
+        span: impl FnOnce() -> SpanBuilder,
+        log_name: &'static str,
+        parent: &Context,
+    ) -> Context {
         let in_order = InOrder {
             tracer: self.clone(),
             span_name: log_name,
         };
-        parent.with_value(in_order).with_span(span)
+        match &self.0 {
+            Spans::Recorded(tracer) => {
+                let span = span().start_with_context(tracer, parent);
+                parent.with_value(in_order).with_span(span)
+            }
+            Spans::IdsOnly => parent
+                .with_value(in_order)
+                .with_remote_span_context(ids_under(parent)),
+        }
+    }
+}
+
+/// A new span's ids under `parent`'s span, or in a new trace (unsampled)
+/// when there is none.
+fn ids_under(parent: &Context) -> SpanContext {
+    let ids = RandomIdGenerator::default();
+    let span = parent.span();
+    let parent = span.span_context();
+    if parent.is_valid() {
+        SpanContext::new(
+            parent.trace_id(),
+            ids.new_span_id(),
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        )
+    } else {
+        SpanContext::new(
+            ids.new_trace_id(),
+            ids.new_span_id(),
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        )
     }
 }
 
@@ -188,15 +254,9 @@ impl OrderTracer {
 /// benchmarks) no span is made and the current context is returned.
 pub fn child_span(name: &'static str, span: impl FnOnce(SpanBuilder) -> SpanBuilder) -> Context {
     Context::map_current(|current| match current.get::<InOrder>() {
-        Some(order) => {
-            let child =
-                span(SpanBuilder::from_name(name)).start_with_context(&order.tracer.0, current);
-            let in_order = InOrder {
-                tracer: order.tracer.clone(),
-                span_name: name,
-            };
-            current.with_value(in_order).with_span(child)
-        }
+        Some(order) => order
+            .tracer
+            .start(|| span(SpanBuilder::from_name(name)), name, current),
         None => current.clone(),
     })
 }
@@ -408,5 +468,82 @@ impl Visit for JsonFields<'_> {
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.0
             .insert(field.name().to_owned(), Value::String(value.to_string()));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use opentelemetry::trace::{SpanId, TraceId};
+
+    use super::*;
+
+    fn sampled_parent() -> Context {
+        Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+            SpanId::from(0x00f0_67aa_0ba9_02b7),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ))
+    }
+
+    fn ids_of(context: &Context) -> SpanContext {
+        context.span().span_context().clone()
+    }
+
+    #[test]
+    fn a_disabled_sdk_records_nothing_but_keeps_the_publishers_trace_and_flags() {
+        let parent = sampled_parent();
+        let order = OrderTracer(Spans::IdsOnly).start(
+            || panic!("no span is described when nothing is recorded"),
+            "process",
+            &parent,
+        );
+        let child = {
+            let _current = order.clone().attach();
+            child_span("charge", |_| panic!("nor for a child span"))
+        };
+        for (context, name) in [(&order, "process"), (&child, "charge")] {
+            let ids = ids_of(context);
+            assert!(!context.span().is_recording());
+            assert_eq!(ids.trace_id(), ids_of(&parent).trace_id());
+            assert!(
+                ids.is_sampled(),
+                "the publisher's sampling decision is kept"
+            );
+            assert_ne!(ids.span_id(), ids_of(&parent).span_id());
+            assert!(ids.is_valid());
+            assert_eq!(context.get::<InOrder>().map(|o| o.span_name), Some(name));
+        }
+        assert_ne!(ids_of(&order).span_id(), ids_of(&child).span_id());
+    }
+
+    #[test]
+    fn a_disabled_sdk_starts_an_unsampled_trace_when_there_is_no_parent() {
+        let order = OrderTracer(Spans::IdsOnly).start(
+            || SpanBuilder::from_name("process"),
+            "process",
+            &Context::new(),
+        );
+        let ids = ids_of(&order);
+        assert!(ids.is_valid());
+        assert!(!ids.is_sampled());
+    }
+
+    #[test]
+    fn an_enabled_sdk_records_the_spans() {
+        let provider = SdkTracerProvider::builder().build();
+        let tracer = OrderTracer(Spans::Recorded(provider.tracer("test")));
+        let order = tracer.start(
+            || SpanBuilder::from_name("process"),
+            "process",
+            &sampled_parent(),
+        );
+        assert!(order.span().is_recording());
+        assert_eq!(
+            ids_of(&order).trace_id(),
+            ids_of(&sampled_parent()).trace_id()
+        );
     }
 }

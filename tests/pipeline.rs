@@ -326,3 +326,49 @@ async fn a_provider_that_keeps_failing_exhausts_the_attempts_with_spaced_out_del
     assert_eq!(env.order_count().await, 0);
     broker.close().await;
 }
+
+/// These tests run the daemon with `OTEL_SDK_DISABLED=true`: no span is
+/// recorded, yet the provider still receives the publisher's trace, with
+/// its sampling decision, under a span id of the daemon's own, and the row
+/// keeps the trace id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_traces_the_provider_still_receives_the_publishers_trace() {
+    let env = TestEnv::new().await;
+    let stub = PaymentStub::start(|_, _| 201).await;
+    let _daemon = Daemon::start(&env, &stub.url, &[]).await;
+    let broker = Broker::connect().await;
+    let publisher_span = "00f067aa0ba902b7";
+    let cases = [
+        (Uuid::new_v4(), "4bf92f3577b34da6a3ce929d0e0e4736", "01"),
+        (Uuid::new_v4(), "0af7651916cd43dd8448eb211c80319c", "00"),
+    ];
+    for (id, trace_id, flags) in &cases {
+        broker
+            .publish(
+                &env.exchange,
+                &env.routing_key,
+                &order_json(*id, "tok_visa"),
+                Broker::properties(Some(&format!("00-{trace_id}-{publisher_span}-{flags}"))),
+            )
+            .await;
+    }
+    env.eventually(WAIT, "both orders saved", || async {
+        env.order_count().await == 2
+    })
+    .await;
+
+    for (id, trace_id, flags) in &cases {
+        let sent = stub.calls_for(&id.to_string()).pop().unwrap().traceparent;
+        let sent = sent.unwrap();
+        let parts: Vec<&str> = sent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{sent}");
+        assert_eq!(
+            (parts[0], parts[1], parts[3]),
+            ("00", *trace_id, *flags),
+            "{sent}"
+        );
+        assert_ne!(parts[2], publisher_span, "the daemon's own span id: {sent}");
+        assert_ne!(parts[2], "0000000000000000", "{sent}");
+        assert_eq!(env.stored_trace_id(*id).await.as_deref(), Some(*trace_id));
+    }
+}

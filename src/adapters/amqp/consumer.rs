@@ -323,6 +323,17 @@ async fn handle<P: PaymentProvider, R: OrderRepository>(
 /// order's context.
 fn consumer_span<P, R>(session: &Session<P, R>, delivery: &Delivery, attempt: u32) -> Context {
     let properties = &delivery.properties;
+    let parent = telemetry::extract(&HeaderExtractor(properties.headers().as_ref()));
+    let span = || consumer_span_builder(session, delivery, attempt);
+    session.tracer.start(span, "process", &parent)
+}
+
+fn consumer_span_builder<P, R>(
+    session: &Session<P, R>,
+    delivery: &Delivery,
+    attempt: u32,
+) -> SpanBuilder {
+    let properties = &delivery.properties;
     let mut attributes = Vec::with_capacity(10);
     attributes.extend([
         KeyValue::new("messaging.system", "rabbitmq"),
@@ -346,11 +357,9 @@ fn consumer_span<P, R>(session: &Session<P, R>, delivery: &Delivery, attempt: u3
     if let Some(id) = properties.message_id() {
         attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
     }
-    let span = SpanBuilder::from_name(session.span_name.clone())
+    SpanBuilder::from_name(session.span_name.clone())
         .with_kind(SpanKind::Consumer)
-        .with_attributes(attributes);
-    let parent = telemetry::extract(&HeaderExtractor(properties.headers().as_ref()));
-    session.tracer.start(span, "process", &parent)
+        .with_attributes(attributes)
 }
 
 /// Carries out a disposition. Returns how the delivery ended and, for a
