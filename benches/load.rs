@@ -988,7 +988,7 @@ impl Report {
             c.concurrency,
             threads(c.threads),
             c.pool,
-            if spans_off() {
+            if order_processor::telemetry::sdk_disabled() {
                 "OTEL_SDK_DISABLED (no span recorded)"
             } else {
                 "spans recorded, not exported"
@@ -1081,9 +1081,4 @@ fn grouped(value: f64) -> String {
         out.push(digit);
     }
     out
-}
-
-/// Whether the daemon runs with `OTEL_SDK_DISABLED=true` (from the shell).
-fn spans_off() -> bool {
-    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
 }

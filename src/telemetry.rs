@@ -68,7 +68,8 @@ impl Telemetry {
             key: "RUST_LOG".to_owned(),
             problem: format!("is not a valid filter ({error})"),
         })?;
-        let provider = tracer_provider(default_service)?;
+        let sdk_disabled = sdk_disabled();
+        let provider = tracer_provider(default_service, sdk_disabled)?;
         let tracer = provider.tracer("order-processor");
         // Busy/idle timing and context activation cost a clock read and a
         // thread-local swap on every poll of every instrumented future; the
@@ -95,7 +96,7 @@ impl Telemetry {
             })?;
         Ok(Self {
             provider,
-            sdk_disabled: sdk_disabled(),
+            sdk_disabled,
         })
     }
 
@@ -118,16 +119,19 @@ impl Telemetry {
 }
 
 /// `OTEL_SDK_DISABLED=true`: no span is recorded, nothing is exported.
-fn sdk_disabled() -> bool {
+pub fn sdk_disabled() -> bool {
     std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
-fn tracer_provider(default_service: &'static str) -> Result<SdkTracerProvider, ConfigError> {
+fn tracer_provider(
+    default_service: &'static str,
+    sdk_disabled: bool,
+) -> Result<SdkTracerProvider, ConfigError> {
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| default_service.to_owned());
     let builder = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service).build());
     let no_export =
-        sdk_disabled() || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "none");
+        sdk_disabled || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "none");
     if no_export {
         // Spans still get ids (for the logs and the rows); nothing leaves the process.
         return Ok(builder.build());
