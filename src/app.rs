@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::adapters::amqp::{AmqpConsumer, BrokerCheckSettings, ConsumerSettings, Names};
 use crate::adapters::http_server::{HttpServer, HttpServerError};
-use crate::adapters::payment_http::{HttpPaymentProvider, PaymentClientError};
+use crate::adapters::payment_http::{self, HttpPaymentProvider, PaymentClientError};
 use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
 use crate::config::Settings;
 use crate::health::Health;
@@ -101,10 +101,12 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     ));
 
     let concurrency = settings.workers.concurrency;
+    let payment_timeout = Duration::from_millis(settings.payment.timeout_ms);
+    let payments_in_flight = settings.payment_in_flight();
     let payments = HttpPaymentProvider::new(
         settings.payment.base_url.expose(),
-        Duration::from_millis(settings.payment.timeout_ms),
-        concurrency,
+        payment_timeout,
+        payments_in_flight,
         Arc::clone(&metrics),
     )?;
     let batch_workers = TaskTracker::new();
@@ -120,8 +122,12 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
             grace: Duration::from_millis(settings.shutdown.grace_ms),
             broker_check: BrokerCheckSettings {
                 management_url: settings.amqp.management_url.clone(),
-                order_budget: Duration::from_millis(settings.payment.timeout_ms)
-                    .saturating_add(postgres::longest_wait(concurrency)),
+                order_budget: payment_http::longest_wait(
+                    payment_timeout,
+                    concurrency,
+                    payments_in_flight,
+                )
+                .saturating_add(postgres::longest_wait(concurrency)),
             },
         },
         usecase,

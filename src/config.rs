@@ -128,6 +128,9 @@ pub struct RetrySettings {
 pub struct PaymentSettings {
     pub base_url: Secret,
     pub timeout_ms: u64,
+    /// Charges sent to the provider at the same time; 0 means as many as
+    /// the worker pool.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,6 +181,8 @@ struct LayeredAmqp {
 #[serde(deny_unknown_fields)]
 struct LayeredPayment {
     timeout_ms: u64,
+    #[serde(default)]
+    max_in_flight: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,6 +271,7 @@ impl Settings {
                     &["http", "https"],
                 )?,
                 timeout_ms: layered.payment.timeout_ms,
+                max_in_flight: layered.payment.max_in_flight,
             },
             database: DatabaseSettings {
                 url: url(
@@ -298,6 +304,12 @@ impl Settings {
         )?;
         in_range("payment.timeout_ms", self.payment.timeout_ms, 1, 600_000)?;
         in_range(
+            "payment.max_in_flight",
+            self.payment.max_in_flight,
+            0,
+            10_000,
+        )?;
+        in_range(
             "database.max_connections",
             self.database.max_connections,
             1,
@@ -324,6 +336,15 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Charges in flight at most: `payment.max_in_flight`, or the worker
+    /// pool when that is 0 or larger.
+    pub fn payment_in_flight(&self) -> usize {
+        match self.payment.max_in_flight {
+            0 => self.workers.concurrency,
+            limit => limit.min(self.workers.concurrency),
+        }
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {
@@ -475,6 +496,21 @@ mod tests {
         assert_eq!(settings.amqp.queue, "orders.process");
         assert_eq!(settings.retry.max_attempts, 5);
         assert_eq!(settings.amqp.url.expose(), DEFAULT_AMQP_URL);
+    }
+
+    #[test]
+    fn charges_in_flight_default_to_the_worker_pool_and_never_exceed_it() {
+        let settings = load("workers.concurrency = 64", &[]).unwrap();
+        assert_eq!(settings.payment_in_flight(), 64);
+        let settings = load("workers.concurrency = 64\npayment.max_in_flight = 16", &[]);
+        assert_eq!(settings.unwrap().payment_in_flight(), 16);
+        let settings = load("workers.concurrency = 64\npayment.max_in_flight = 100", &[]);
+        assert_eq!(settings.unwrap().payment_in_flight(), 64);
+        let error = load("payment.max_in_flight = 10001", &[]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid configuration: payment.max_in_flight must be between 0 and 10000 (got 10001)"
+        );
     }
 
     #[test]

@@ -220,6 +220,50 @@ async fn a_provider_that_hangs_times_out_and_the_charge_is_retried_once_later() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_charges_are_in_flight_than_payment_max_in_flight() {
+    let env = TestEnv::new().await;
+    // Every first request hangs until the charge times out; the retry is charged.
+    let stub = PaymentStub::start(|_, nth| if nth == 1 { HANG } else { 201 }).await;
+    let _daemon = Daemon::start(
+        &env,
+        &stub.url,
+        &[
+            ("ORDER_PROCESSOR__PAYMENT__MAX_IN_FLIGHT", "2"),
+            ("ORDER_PROCESSOR__PAYMENT__TIMEOUT_MS", "1500"),
+            ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "100"),
+            ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "100"),
+        ],
+    )
+    .await;
+
+    env.publish_orders(6, "tok_visa").await;
+    env.eventually(WAIT, "two requests", || async { stub.calls().len() >= 2 })
+        .await;
+    // While the first two hang, the other four orders wait for a turn.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stub.calls().len(), 2, "{:?}", stub.calls());
+    env.eventually(WAIT, "every row", || async { env.order_count().await == 6 })
+        .await;
+    assert_eq!(stub.charge_count(), 6);
+
+    // With two requests open at most, a hanging request starts only once
+    // one of the two before it has timed out.
+    let hangs: Vec<_> = stub
+        .calls()
+        .into_iter()
+        .filter(|c| c.status == HANG)
+        .collect();
+    assert_eq!(hangs.len(), 6, "{hangs:?}");
+    for pair in hangs.windows(3) {
+        let gap = pair[2].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_secs(1),
+            "a third request after {gap:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_provider_is_retried_with_backoff_then_dead_lettered() {
     let env = TestEnv::new().await;
     // Nothing listens on this port: every charge is a connection error.

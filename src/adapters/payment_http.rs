@@ -5,7 +5,8 @@
 //! 200/201 charged, 402 declined, other 4xx (but 429) rejected, 429/5xx,
 //! timeouts and connection failures unavailable (transient). One client is
 //! shared by all workers so connections stay alive between charges: HTTP/1.1,
-//! one connection per charge in flight.
+//! one connection per charge in flight, and at most `max_in_flight` charges
+//! at a time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use opentelemetry::{Context, KeyValue, StringValue};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use crate::domain::{ChargeId, Order, PaymentError, PaymentProvider, UnavailableReason};
 use crate::metrics::Metrics;
@@ -38,6 +40,8 @@ pub struct HttpPaymentProvider {
     host_header: HeaderValue,
     server_address: StringValue,
     metrics: Arc<Metrics>,
+    /// One permit per charge that may be in flight.
+    in_flight: Semaphore,
 }
 
 #[derive(Serialize)]
@@ -56,14 +60,16 @@ struct ChargeAnswer {
 }
 
 impl HttpPaymentProvider {
-    /// `max_connections` is the number of idle connections kept per host:
-    /// the worker pool size, so that no charge waits for a handshake.
+    /// `max_in_flight` charges are sent at a time (at least one); the others
+    /// wait for their turn. As many connections are kept alive, so that no
+    /// charge waits for a handshake.
     pub fn new(
         base_url: &str,
         timeout: Duration,
-        max_connections: usize,
+        max_in_flight: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PaymentClientError> {
+        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
         let base = Url::parse(base_url).map_err(|_| PaymentClientError::InvalidUrl)?;
         let charges_url = base
             .join("/v1/charges")
@@ -82,13 +88,18 @@ impl HttpPaymentProvider {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(max_connections)
+            .pool_max_idle_per_host(max_in_flight)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             // HTTP/1.1 even to a provider that offers HTTP/2: one HTTP/2
             // connection carries every charge, and its stream limit (often
             // 100) would cap the charges in flight far below the pool size.
             .http1_only()
+            // Retrying is the daemon's own policy (the retry queue, with
+            // backoff and MAX_ATTEMPTS). Over HTTP/1.1 the client would only
+            // retry HTTP/2 refusals anyway, yet it copies every request's
+            // headers in case it has to.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .build()
             .map_err(PaymentClientError::Client)?;
         Ok(Self {
@@ -97,6 +108,7 @@ impl HttpPaymentProvider {
             host_header,
             server_address,
             metrics,
+            in_flight: Semaphore::new(max_in_flight),
         })
     }
 
@@ -125,6 +137,10 @@ impl HttpPaymentProvider {
         headers.insert(HeaderName::from_static("idempotency-key"), key);
         telemetry::inject(span, &mut HeaderCarrier(headers));
 
+        // Held until the answer is read. The semaphore is never closed.
+        let Ok(_turn) = self.in_flight.acquire().await else {
+            return Err(unavailable(UnavailableReason::Connect));
+        };
         let started = Instant::now();
         let sent = self.client.execute(request).await;
         let response = match sent {
@@ -184,6 +200,15 @@ impl opentelemetry::propagation::Injector for HeaderCarrier<'_> {
             self.0.insert(name, value);
         }
     }
+}
+
+/// The longest an order can wait for the provider: its own request, and
+/// before it those of the orders ahead of it in the queue for a turn
+/// (`concurrency` orders in flight, `max_in_flight` charges at a time, each
+/// bounded by `timeout`).
+pub fn longest_wait(timeout: Duration, concurrency: usize, max_in_flight: usize) -> Duration {
+    let turns = concurrency.div_ceil(max_in_flight.max(1)).max(1);
+    timeout.saturating_mul(u32::try_from(turns).unwrap_or(u32::MAX))
 }
 
 fn unavailable(reason: UnavailableReason) -> PaymentError {
@@ -257,6 +282,17 @@ mod tests {
 
     fn status(code: u16) -> StatusCode {
         StatusCode::from_u16(code).unwrap()
+    }
+
+    #[test]
+    fn an_order_waits_for_the_charges_ahead_of_it_when_turns_are_limited() {
+        let timeout = Duration::from_secs(5);
+        assert_eq!(longest_wait(timeout, 2048, 2048), timeout);
+        assert_eq!(longest_wait(timeout, 16, 64), timeout);
+        assert_eq!(longest_wait(timeout, 2048, 64), timeout * 32);
+        assert_eq!(longest_wait(timeout, 65, 64), timeout * 2);
+        assert_eq!(longest_wait(timeout, 8, 0), timeout * 8);
+        assert_eq!(longest_wait(Duration::MAX, 2, 1), Duration::MAX);
     }
 
     #[test]
