@@ -7,9 +7,13 @@
 //! daemon's prefetch (each message, then `multiple` every 64); (2) the daemon
 //! draining a pre-filled queue of N orders, with the CPU each process spent
 //! per order, the daemon's own time per order and PostgreSQL's sequential
-//! scans; (3) publish→commit latency at 50 % and 80 % of that throughput.
-//! Queues are filled before the clock starts, so the publisher is not
-//! measured. Each run uses its own queues and a fresh database, and removes
+//! scans; (3) the sustained rate: orders published at the drain rate while
+//! the daemon consumes them, which it cannot keep up with, because the
+//! publisher and the broker's publishing share the cores; the rate at which
+//! it commits them then is the highest it sustains; (4) publish→commit
+//! latency at 50 % and 80 % of that sustained rate, and at 80 % of the drain
+//! rate. For (1) and (2) queues are filled before the clock starts, so the
+//! publisher is not measured. Each run uses its own queues and a fresh database, and removes
 //! them at the end, also when it fails.
 //!
 //! `cargo bench --bench load` (whose args contain `--bench`): N = `LOAD_ORDERS`
@@ -154,13 +158,20 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
     let mut problems = check(&db, &broker, &world.names, n).await?;
     let mut expected = n;
     let mut latency = Vec::new();
-    for phase in latency_phases(smoke, drain.rate) {
+    let mut sustained = None;
+    let mut phases = VecDeque::from(first_phases(smoke, drain.rate));
+    while let Some(phase) = phases.pop_front() {
         let Phase {
             label,
             rate,
             length,
+            overload,
         } = &phase;
-        eprintln!("[load] latency at {label}: {rate:.0}/s for {length:?}");
+        if *overload {
+            eprintln!("[load] sustained rate: publishing at {rate:.0}/s for {length:?}");
+        } else {
+            eprintln!("[load] latency at {label}: {rate:.0}/s for {length:?}");
+        }
         let pids = world.pids();
         let row = measure_latency(&mut orders, &db, &daemon, pids, phase, expected);
         let row = row.await?;
@@ -168,7 +179,12 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
         if row.missing > 0 {
             problems.push(format!("{} orders were not saved within 30 s", row.missing));
         }
-        latency.push(row);
+        if row.overload {
+            phases.extend(latency_phases(row.committed_rate, drain.rate));
+            sustained = Some(row);
+        } else {
+            latency.push(row);
+        }
     }
     problems.extend(check(&db, &broker, &world.names, expected).await?);
     let _ = broker.close(200, "done".into()).await;
@@ -192,6 +208,7 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
         ack_each,
         ack_multiple,
         drain,
+        sustained,
         latency,
         saved: expected,
         seq_scans,
@@ -206,25 +223,47 @@ struct Phase {
     /// Orders per second.
     rate: f64,
     length: Duration,
+    /// Published faster than the daemon can keep up with, to measure the
+    /// sustained rate rather than latency.
+    overload: bool,
 }
 
-/// The latency phases: a quarter, half and 80 % of the drain rate.
-fn latency_phases(smoke: bool, drain_rate: f64) -> Vec<Phase> {
+/// How long orders are published in each phase after the drain.
+const PHASE: Duration = Duration::from_secs(10);
+
+/// A smoke run's one slow phase, or else publishing at the drain rate to
+/// find the sustained rate, which the latency phases then follow.
+fn first_phases(smoke: bool, drain_rate: f64) -> Vec<Phase> {
     if smoke {
-        let label = "100/s".to_owned();
-        let length = Duration::from_secs(2);
         return vec![Phase {
-            label,
+            label: "100/s".to_owned(),
             rate: 100.0,
-            length,
+            length: Duration::from_secs(2),
+            overload: false,
         }];
     }
-    let phase = |percent: f64| Phase {
-        label: format!("{percent}%"),
-        rate: drain_rate * percent / 100.0,
-        length: Duration::from_secs(10),
+    vec![Phase {
+        label: "the drain rate".to_owned(),
+        rate: drain_rate,
+        length: PHASE,
+        overload: true,
+    }]
+}
+
+/// The latency phases: half and 80 % of the sustained rate, and 80 % of the
+/// drain rate, which is more than the machine can sustain.
+fn latency_phases(sustained_rate: f64, drain_rate: f64) -> Vec<Phase> {
+    let phase = |percent: f64, of: &str, rate: f64| Phase {
+        label: format!("{percent}% of {of}"),
+        rate: rate * percent / 100.0,
+        length: PHASE,
+        overload: false,
     };
-    vec![phase(25.0), phase(50.0), phase(80.0)]
+    vec![
+        phase(50.0, "sustained", sustained_rate),
+        phase(80.0, "sustained", sustained_rate),
+        phase(80.0, "drain", drain_rate),
+    ]
 }
 
 /// Everything one run creates, so that all of it can be removed.
@@ -253,6 +292,8 @@ struct DaemonConfig {
     concurrency: u64,
     threads: u64,
     pool: u64,
+    /// `payment.max_in_flight`: 0 is the worker pool.
+    payment_in_flight: u64,
     max_attempts: u32,
 }
 
@@ -331,6 +372,7 @@ impl World {
             concurrency: get("/workers/concurrency")?,
             threads: get("/workers/threads")?,
             pool: get("/database/max_connections")?,
+            payment_in_flight: get("/payment/max_in_flight")?,
             max_attempts: u32::try_from(get("/retry/max_attempts")?).context("max_attempts")?,
         })
     }
@@ -766,12 +808,14 @@ async fn measure_latency(
         label,
         rate,
         length,
+        overload,
     } = phase;
     let sent = (rate * length.as_secs_f64()) as usize;
     let before = daemon.scrape().await?;
     let (machine, cpu) = (machine_ticks(), Cpu::sample(pids.0, pids.1));
     let mut published = HashMap::with_capacity(sent);
     let started = Instant::now();
+    let started_at = OffsetDateTime::now_utc();
     while published.len() < sent {
         let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(sent);
         while published.len() < due {
@@ -782,6 +826,7 @@ async fn measure_latency(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rate = sent as f64 / started.elapsed().as_secs_f64();
+    let ended_at = OffsetDateTime::now_utc();
     let busy = machine_busy_since(machine);
     let cpu = Cpu::sample(pids.0, pids.1).since(cpu);
     publisher.flush().await?;
@@ -815,9 +860,18 @@ async fn measure_latency(
     };
     let (p50, p99, max) = (at(0.5), at(0.99), at(1.0));
     let missing = sent - millis.len();
+    // Commits while publishing, after the first fifth of the phase: once
+    // the daemon falls behind, this is the most it commits per second.
+    let from = started_at + (ended_at - started_at) / 5;
+    let committed = rows
+        .iter()
+        .filter(|(_, saved)| (from..=ended_at).contains(saved));
+    let committed_rate = committed.count() as f64 / (ended_at - from).as_seconds_f64().max(1e-3);
     Ok(Latency {
         label,
+        overload,
         rate,
+        committed_rate,
         sent,
         p50,
         p99,
@@ -927,7 +981,11 @@ struct Drain {
 
 struct Latency {
     label: String,
+    /// The phase that measured the sustained rate.
+    overload: bool,
     rate: f64,
+    /// Orders committed per second while publishing (after the first fifth).
+    committed_rate: f64,
     sent: usize,
     p50: f64,
     p99: f64,
@@ -950,6 +1008,8 @@ struct Report {
     ack_each: AckOnly,
     ack_multiple: AckOnly,
     drain: Drain,
+    /// Publishing at the drain rate: how fast the daemon commits meanwhile.
+    sustained: Option<Latency>,
     latency: Vec<Latency>,
     saved: usize,
     /// Sequential scans of `orders` over the whole run, and rows they read.
@@ -983,9 +1043,14 @@ impl Report {
             self.n, self.message_bytes
         );
         println!(
-            "machine: {cores} × {model}; prefetch {} (daemon and ack-only consumer), daemon concurrency {}, runtime threads {}, database pool {}, {}",
+            "machine: {cores} × {model}; prefetch {} (daemon and ack-only consumer), daemon concurrency {}, \
+             charges in flight {}, runtime threads {}, database pool {}, {}",
             c.prefetch,
             c.concurrency,
+            match c.payment_in_flight {
+                0 => "as many as the worker pool".to_owned(),
+                n => format!("at most {n}"),
+            },
             threads(c.threads),
             c.pool,
             if order_processor::telemetry::sdk_disabled() {
@@ -1031,6 +1096,17 @@ impl Report {
             grouped(rows as f64),
             rows as f64 / self.saved as f64
         );
+        if let Some(s) = &self.sustained {
+            println!(
+                "{:<52}{:>8} orders/s = {:.2} × drain, {:.2} × ack-only (publishing at {}/s, CPU {:.0} % busy)",
+                "sustained, publishing while consuming",
+                grouped(s.committed_rate),
+                s.committed_rate / d.rate,
+                s.committed_rate / self.ack_each.rate,
+                grouped(s.rate),
+                s.busy * 100.0,
+            );
+        }
         for l in &self.latency {
             println!(
                 "publish→commit at {} ({}/s, CPU {:.0} % busy): p50 {:.1} ms, p99 {:.1} ms, \

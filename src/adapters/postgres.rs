@@ -33,7 +33,7 @@ const MAX_BATCH: usize = 1000;
 /// commit), the next batch can start instead of waiting for it, which
 /// halves the time an order spends waiting for its batch at moderate load
 /// (measured by the load benchmark: p50 publish→commit 72 → 17 ms at half
-/// the maximum rate). More workers take requests nearly one by one and pay
+/// the drain rate). More workers take requests nearly one by one and pay
 /// a statement and a commit per few orders.
 const BATCH_WORKERS: usize = 2;
 /// How long a batch that is not full waits for more orders. At a quarter
