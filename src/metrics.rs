@@ -52,6 +52,16 @@ pub struct Metrics {
     in_flight: Gauge<i64, AtomicI64>,
     reconnects: Counter,
     payment_requests: Family<PaymentLabels, Histogram>,
+    payment_waiting: Gauge<i64, AtomicI64>,
+}
+
+/// Counts one order among those waiting for a turn to charge, until dropped.
+pub struct PaymentWait<'a>(&'a Gauge<i64, AtomicI64>);
+
+impl Drop for PaymentWait<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -69,6 +79,7 @@ impl Metrics {
         let payment_requests = Family::<PaymentLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
+        let payment_waiting = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "order_processor_deliveries",
             "Deliveries settled, by outcome and error kind",
@@ -94,6 +105,11 @@ impl Metrics {
             "Duration of calls to the payment provider, by status class",
             payment_requests.clone(),
         );
+        registry.register(
+            "order_processor_payment_waiting",
+            "Orders waiting for a turn to charge (payment.max_in_flight)",
+            payment_waiting.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -101,6 +117,7 @@ impl Metrics {
             in_flight,
             reconnects,
             payment_requests,
+            payment_waiting,
         }
     }
 
@@ -127,6 +144,13 @@ impl Metrics {
         self.payment_requests
             .get_or_create(&PaymentLabels { status_class })
             .observe(took.as_secs_f64());
+    }
+
+    /// An order starts waiting for a turn to charge; it stops when the
+    /// returned value is dropped.
+    pub fn payment_wait(&self) -> PaymentWait<'_> {
+        self.payment_waiting.inc();
+        PaymentWait(&self.payment_waiting)
     }
 
     /// The Prometheus text exposition of every metric.

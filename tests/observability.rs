@@ -321,6 +321,7 @@ async fn the_metrics_count_what_was_published() {
         1.0
     );
     assert_eq!(value(&scrape, "order_processor_in_flight", &[]), 0.0);
+    assert_eq!(value(&scrape, "order_processor_payment_waiting", &[]), 0.0);
     assert_eq!(
         value(&scrape, "order_processor_amqp_reconnects_total", &[]),
         0.0

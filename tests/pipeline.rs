@@ -224,7 +224,7 @@ async fn no_more_charges_are_in_flight_than_payment_max_in_flight() {
     let env = TestEnv::new().await;
     // Every first request hangs until the charge times out; the retry is charged.
     let stub = PaymentStub::start(|_, nth| if nth == 1 { HANG } else { 201 }).await;
-    let _daemon = Daemon::start(
+    let daemon = Daemon::start(
         &env,
         &stub.url,
         &[
@@ -242,6 +242,11 @@ async fn no_more_charges_are_in_flight_than_payment_max_in_flight() {
     // While the first two hang, the other four orders wait for a turn.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(stub.calls().len(), 2, "{:?}", stub.calls());
+    let metrics = daemon.metrics().await;
+    assert!(
+        metrics.contains("\norder_processor_payment_waiting 4\n"),
+        "{metrics}"
+    );
     env.eventually(WAIT, "every row", || async { env.order_count().await == 6 })
         .await;
     assert_eq!(stub.charge_count(), 6);

@@ -137,9 +137,16 @@ impl HttpPaymentProvider {
         headers.insert(HeaderName::from_static("idempotency-key"), key);
         telemetry::inject(span, &mut HeaderCarrier(headers));
 
-        // Held until the answer is read. The semaphore is never closed.
-        let Ok(_turn) = self.in_flight.acquire().await else {
-            return Err(unavailable(UnavailableReason::Connect));
+        // Held until the answer is read. Only an order that has to wait is
+        // counted as waiting (permits free up for the queued ones first, so
+        // none jumps the queue). The semaphore is never closed.
+        let _turn = match self.in_flight.try_acquire() {
+            Ok(turn) => turn,
+            Err(_) => {
+                let _waiting = self.metrics.payment_wait();
+                let turn = self.in_flight.acquire().await;
+                turn.map_err(|_| unavailable(UnavailableReason::Connect))?
+            }
         };
         let started = Instant::now();
         let sent = self.client.execute(request).await;
