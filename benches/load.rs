@@ -8,13 +8,14 @@
 //! draining a pre-filled queue of N orders, with the CPU each process spent
 //! per order, the daemon's own time per order and PostgreSQL's sequential
 //! scans; (3) the sustained rate: orders published at the drain rate while
-//! the daemon consumes them, which it cannot keep up with, because the
-//! publisher and the broker's publishing share the cores; the rate at which
-//! it commits them then is the highest it sustains; (4) publish→commit
-//! latency at 50 % and 80 % of that sustained rate, and at 80 % of the drain
-//! rate. For (1) and (2) queues are filled before the clock starts, so the
-//! publisher is not measured. Each run uses its own queues and a fresh database, and removes
-//! them at the end, also when it fails.
+//! the daemon consumes them, more than the machine keeps up with once the
+//! publisher and the broker's publishing share the cores, so the rate at
+//! which they are committed meanwhile is the highest it sustains; (4)
+//! publish→commit latency at 50 % and 80 % of that sustained rate, and at
+//! 80 % of the drain rate. For (1) and (2) queues are filled before the
+//! clock starts, so the publisher is not measured. Each run uses its own
+//! queues and a fresh database, and removes them at the end, also when it
+//! fails.
 //!
 //! `cargo bench --bench load` (whose args contain `--bench`): N = `LOAD_ORDERS`
 //! or 50 000. Any other invocation (`cargo test --all-targets`) is a smoke

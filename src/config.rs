@@ -338,13 +338,11 @@ impl Settings {
         Ok(())
     }
 
-    /// Charges in flight at most: `payment.max_in_flight`, or the worker
-    /// pool when that is 0 or larger.
-    pub fn payment_in_flight(&self) -> usize {
-        match self.payment.max_in_flight {
-            0 => self.workers.concurrency,
-            limit => limit.min(self.workers.concurrency),
-        }
+    /// The cap on charges in flight, if `payment.max_in_flight` sets one
+    /// below the worker pool (which bounds them anyway).
+    pub fn payment_in_flight(&self) -> Option<usize> {
+        let limit = self.payment.max_in_flight;
+        (limit > 0 && limit < self.workers.concurrency).then_some(limit)
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {
@@ -501,11 +499,11 @@ mod tests {
     #[test]
     fn charges_in_flight_default_to_the_worker_pool_and_never_exceed_it() {
         let settings = load("workers.concurrency = 64", &[]).unwrap();
-        assert_eq!(settings.payment_in_flight(), 64);
+        assert_eq!(settings.payment_in_flight(), None);
         let settings = load("workers.concurrency = 64\npayment.max_in_flight = 16", &[]);
-        assert_eq!(settings.unwrap().payment_in_flight(), 16);
+        assert_eq!(settings.unwrap().payment_in_flight(), Some(16));
         let settings = load("workers.concurrency = 64\npayment.max_in_flight = 100", &[]);
-        assert_eq!(settings.unwrap().payment_in_flight(), 64);
+        assert_eq!(settings.unwrap().payment_in_flight(), None);
         let error = load("payment.max_in_flight = 10001", &[]).unwrap_err();
         assert_eq!(
             error.to_string(),

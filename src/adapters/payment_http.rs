@@ -17,7 +17,7 @@ use opentelemetry::{Context, KeyValue, StringValue};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::domain::{ChargeId, Order, PaymentError, PaymentProvider, UnavailableReason};
 use crate::metrics::Metrics;
@@ -40,8 +40,9 @@ pub struct HttpPaymentProvider {
     host_header: HeaderValue,
     server_address: StringValue,
     metrics: Arc<Metrics>,
-    /// One permit per charge that may be in flight.
-    in_flight: Semaphore,
+    /// One permit per charge that may be in flight, when capped below the
+    /// worker pool (which otherwise bounds them).
+    in_flight: Option<Semaphore>,
 }
 
 #[derive(Serialize)]
@@ -60,16 +61,16 @@ struct ChargeAnswer {
 }
 
 impl HttpPaymentProvider {
-    /// `max_in_flight` charges are sent at a time (at least one); the others
-    /// wait for their turn. As many connections are kept alive, so that no
-    /// charge waits for a handshake.
+    /// With `max_in_flight`, that many charges are sent at a time (at least
+    /// one) and the others wait for their turn. Every connection opened is
+    /// kept alive, so that no charge waits for a handshake.
     pub fn new(
         base_url: &str,
         timeout: Duration,
-        max_in_flight: usize,
+        max_in_flight: Option<usize>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PaymentClientError> {
-        let max_in_flight = max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        let max_in_flight = max_in_flight.map(|n| n.clamp(1, Semaphore::MAX_PERMITS));
         let base = Url::parse(base_url).map_err(|_| PaymentClientError::InvalidUrl)?;
         let charges_url = base
             .join("/v1/charges")
@@ -88,7 +89,7 @@ impl HttpPaymentProvider {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(max_in_flight)
+            .pool_max_idle_per_host(max_in_flight.unwrap_or(usize::MAX))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             // HTTP/1.1 even to a provider that offers HTTP/2: one HTTP/2
@@ -108,7 +109,7 @@ impl HttpPaymentProvider {
             host_header,
             server_address,
             metrics,
-            in_flight: Semaphore::new(max_in_flight),
+            in_flight: max_in_flight.map(Semaphore::new),
         })
     }
 
@@ -137,17 +138,8 @@ impl HttpPaymentProvider {
         headers.insert(HeaderName::from_static("idempotency-key"), key);
         telemetry::inject(span, &mut HeaderCarrier(headers));
 
-        // Held until the answer is read. Only an order that has to wait is
-        // counted as waiting (permits free up for the queued ones first, so
-        // none jumps the queue). The semaphore is never closed.
-        let _turn = match self.in_flight.try_acquire() {
-            Ok(turn) => turn,
-            Err(_) => {
-                let _waiting = self.metrics.payment_wait();
-                let turn = self.in_flight.acquire().await;
-                turn.map_err(|_| unavailable(UnavailableReason::Connect))?
-            }
-        };
+        // Held until the answer is read.
+        let _turn = self.turn().await?;
         let started = Instant::now();
         let sent = self.client.execute(request).await;
         let response = match sent {
@@ -171,6 +163,23 @@ impl HttpPaymentProvider {
         self.metrics
             .payment_request(status_class(status), started.elapsed());
         classify(status, answer)
+    }
+
+    /// Waits for a turn to charge when charges in flight are capped. Only
+    /// an order that has to wait is counted as waiting (permits free up for
+    /// the queued ones first, so none jumps the queue). The semaphore is
+    /// never closed.
+    async fn turn(&self) -> Result<Option<SemaphorePermit<'_>>, PaymentError> {
+        let Some(in_flight) = &self.in_flight else {
+            return Ok(None);
+        };
+        if let Ok(turn) = in_flight.try_acquire() {
+            return Ok(Some(turn));
+        }
+        let _waiting = self.metrics.payment_wait();
+        let turn = in_flight.acquire().await;
+        turn.map(Some)
+            .map_err(|_| unavailable(UnavailableReason::Connect))
     }
 }
 
@@ -211,10 +220,14 @@ impl opentelemetry::propagation::Injector for HeaderCarrier<'_> {
 
 /// The longest an order can wait for the provider: its own request, and
 /// before it those of the orders ahead of it in the queue for a turn
-/// (`concurrency` orders in flight, `max_in_flight` charges at a time, each
-/// bounded by `timeout`).
-pub fn longest_wait(timeout: Duration, concurrency: usize, max_in_flight: usize) -> Duration {
-    let turns = concurrency.div_ceil(max_in_flight.max(1)).max(1);
+/// (`concurrency` orders in flight, `max_in_flight` charges at a time if
+/// capped, each bounded by `timeout`).
+pub fn longest_wait(
+    timeout: Duration,
+    concurrency: usize,
+    max_in_flight: Option<usize>,
+) -> Duration {
+    let turns = max_in_flight.map_or(1, |n| concurrency.div_ceil(n.max(1)).max(1));
     timeout.saturating_mul(u32::try_from(turns).unwrap_or(u32::MAX))
 }
 
@@ -294,12 +307,13 @@ mod tests {
     #[test]
     fn an_order_waits_for_the_charges_ahead_of_it_when_turns_are_limited() {
         let timeout = Duration::from_secs(5);
-        assert_eq!(longest_wait(timeout, 2048, 2048), timeout);
-        assert_eq!(longest_wait(timeout, 16, 64), timeout);
-        assert_eq!(longest_wait(timeout, 2048, 64), timeout * 32);
-        assert_eq!(longest_wait(timeout, 65, 64), timeout * 2);
-        assert_eq!(longest_wait(timeout, 8, 0), timeout * 8);
-        assert_eq!(longest_wait(Duration::MAX, 2, 1), Duration::MAX);
+        assert_eq!(longest_wait(timeout, 2048, None), timeout);
+        assert_eq!(longest_wait(timeout, 2048, Some(2048)), timeout);
+        assert_eq!(longest_wait(timeout, 16, Some(64)), timeout);
+        assert_eq!(longest_wait(timeout, 2048, Some(64)), timeout * 32);
+        assert_eq!(longest_wait(timeout, 65, Some(64)), timeout * 2);
+        assert_eq!(longest_wait(timeout, 8, Some(0)), timeout * 8);
+        assert_eq!(longest_wait(Duration::MAX, 2, Some(1)), Duration::MAX);
     }
 
     #[test]
