@@ -28,7 +28,7 @@
     reason = "benchmark figures: approximate by nature, computed from small counts"
 )]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -854,6 +854,7 @@ async fn measure_latency(
         .iter()
         .filter_map(|(id, saved)| Some((*saved - *published.get(id)?).as_seconds_f64() * 1e3))
         .collect();
+    let windows = Windows::of(&rows, &published, started_at);
     millis.sort_by(f64::total_cmp);
     let at = |q: f64| {
         let index = (millis.len().saturating_sub(1) as f64 * q).round() as usize;
@@ -878,11 +879,80 @@ async fn measure_latency(
         p99,
         max,
         missing,
+        windows,
         daemon_ms,
         payment_ms,
         busy,
         cpu,
     })
+}
+
+/// The p99 of each quarter second of a phase (by publish time): whether a
+/// phase's p99 comes from one stall or from the whole phase.
+struct Windows {
+    count: usize,
+    /// The median of the windows' p99s.
+    median_p99: f64,
+    /// Windows whose p99 is above [`SLOW_WINDOW_MS`].
+    slow: usize,
+    /// The worst window's p99 and its start, in seconds into the phase.
+    worst: (f64, f64),
+}
+
+const WINDOW: f64 = 0.25;
+const SLOW_WINDOW_MS: f64 = 50.0;
+
+impl Windows {
+    /// With `LOAD_TIMELINE` set, also prints every window to stderr, with
+    /// the phase's start to compare with the broker's and database's logs.
+    fn of(
+        rows: &[(Uuid, OffsetDateTime)],
+        published: &HashMap<Uuid, OffsetDateTime>,
+        started_at: OffsetDateTime,
+    ) -> Self {
+        let mut by_window: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+        for (id, saved) in rows {
+            let Some(sent_at) = published.get(id) else {
+                continue;
+            };
+            let window = ((*sent_at - started_at).as_seconds_f64() / WINDOW) as u64;
+            let millis = (*saved - *sent_at).as_seconds_f64() * 1e3;
+            by_window.entry(window).or_default().push(millis);
+        }
+        let verbose = std::env::var_os("LOAD_TIMELINE").is_some();
+        if verbose {
+            eprintln!("[load]   phase started at {started_at} (UTC)");
+        }
+        let mut p99s = Vec::with_capacity(by_window.len());
+        let mut worst = (0.0, f64::NAN);
+        for (window, mut millis) in by_window {
+            millis.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                let index = (millis.len().saturating_sub(1) as f64 * q).round() as usize;
+                millis.get(index).copied().unwrap_or(f64::NAN)
+            };
+            let start = window as f64 * WINDOW;
+            if verbose {
+                eprintln!(
+                    "[load]   {start:5.2} s: {:5} orders, p50 {:6.1} ms, p99 {:6.1} ms",
+                    millis.len(),
+                    at(0.5),
+                    at(0.99)
+                );
+            }
+            if worst.1.is_nan() || at(0.99) > worst.1 {
+                worst = (start, at(0.99));
+            }
+            p99s.push(at(0.99));
+        }
+        p99s.sort_by(f64::total_cmp);
+        Windows {
+            count: p99s.len(),
+            median_p99: p99s.get(p99s.len() / 2).copied().unwrap_or(f64::NAN),
+            slow: p99s.iter().filter(|p99| **p99 > SLOW_WINDOW_MS).count(),
+            worst,
+        }
+    }
 }
 
 /// CPU clock ticks of the processes taking part, children included.
@@ -992,6 +1062,8 @@ struct Latency {
     p99: f64,
     max: f64,
     missing: usize,
+    /// The p99 of each quarter second of publishing.
+    windows: Windows,
     /// The daemon's mean time from delivery to settlement in this phase.
     daemon_ms: f64,
     /// The mean time of a payment call in this phase.
@@ -1123,6 +1195,12 @@ impl Report {
                 l.payment_ms,
                 l.missing,
                 grouped(l.sent as f64)
+            );
+            let w = &l.windows;
+            println!(
+                "    p99 of each quarter second: median {:.1} ms, above {SLOW_WINDOW_MS:.0} ms in {} of {} \
+                 (worst {:.1} ms, {:.2} s into the phase)",
+                w.median_p99, w.slow, w.count, w.worst.1, w.worst.0
             );
             let per_order = |ticks: u64| ticks as f64 * 1e6 / hz / l.sent.max(1) as f64;
             let c = &l.cpu;
