@@ -279,7 +279,9 @@ pub fn inject(context: &Context, carrier: &mut dyn Injector) {
 /// The trace id of an order's context as 32 lowercase hex digits, if it
 /// has one.
 pub fn context_trace_id(context: &Context) -> Option<String> {
-    ids(context).map(|(trace_id, _)| trace_id)
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid().then(|| ids.trace_id().to_string())
 }
 
 /// The trace and span ids of a context's span as lowercase hex, if valid.

@@ -186,11 +186,14 @@ impl HttpPaymentProvider {
 impl PaymentProvider for HttpPaymentProvider {
     async fn charge(&self, order: &Order) -> Result<ChargeId, PaymentError> {
         let span = telemetry::child_span("charge", |span| {
-            span.with_kind(SpanKind::Client).with_attributes([
+            // Room for the status code and the error type set later.
+            let mut attributes = Vec::with_capacity(5);
+            attributes.extend([
                 KeyValue::new("http.request.method", "POST"),
                 KeyValue::new("server.address", self.server_address.clone()),
                 KeyValue::new("url.path", "/v1/charges"),
-            ])
+            ]);
+            span.with_kind(SpanKind::Client).with_attributes(attributes)
         });
         // Current while the request runs, so that the client's own log
         // lines (a refused certificate) carry the charge span.

@@ -334,7 +334,9 @@ fn consumer_span_builder<P, R>(
     attempt: u32,
 ) -> SpanBuilder {
     let properties = &delivery.properties;
-    let mut attributes = Vec::with_capacity(10);
+    // Room for the message id, and for what `handle` and the use case add
+    // later (order id, outcome, error type), so that none of them grows it.
+    let mut attributes = Vec::with_capacity(12);
     attributes.extend([
         KeyValue::new("messaging.system", "rabbitmq"),
         KeyValue::new("messaging.operation.type", "process"),
