@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::broker::Broker;
@@ -266,6 +267,58 @@ async fn no_more_charges_are_in_flight_than_payment_max_in_flight() {
             "a third request after {gap:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_order_does_not_hold_back_the_orders_behind_it() {
+    let env = TestEnv::new().await;
+    // The very first request hangs until the charge times out.
+    let first = AtomicBool::new(true);
+    let stub = PaymentStub::start(move |_, _| {
+        if first.swap(false, Ordering::SeqCst) {
+            HANG
+        } else {
+            201
+        }
+    })
+    .await;
+    // Room for 8 unacknowledged deliveries, 4 of them being processed.
+    let _daemon = Daemon::start(
+        &env,
+        &stub.url,
+        &[
+            ("ORDER_PROCESSOR__AMQP__PREFETCH", "8"),
+            ("ORDER_PROCESSOR__WORKERS__CONCURRENCY", "4"),
+            ("ORDER_PROCESSOR__PAYMENT__TIMEOUT_MS", "5000"),
+            ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "100"),
+            ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "100"),
+        ],
+    )
+    .await;
+
+    let slow = env.publish_orders(1, "tok_visa").await[0].to_string();
+    env.eventually(WAIT, "the hanging request", || async {
+        stub.calls().len() == 1
+    })
+    .await;
+    env.publish_orders(40, "tok_visa").await;
+    // Completions behind the hanging delivery cannot be acknowledged with
+    // one frame while it is open. Held back, 7 of them would fill the
+    // window and the broker would deliver nothing more until the timeout.
+    env.eventually(Duration::from_secs(4), "40 rows", || async {
+        env.order_count().await == 40
+    })
+    .await;
+    assert_eq!(stub.calls_for(&slow).len(), 1, "the first call still hangs");
+
+    env.eventually(WAIT, "every row", || async {
+        env.order_count().await == 41
+    })
+    .await;
+    assert_eq!(stub.charge_count(), 41);
+    let broker = Broker::connect().await;
+    assert_eq!(broker.depth(&env.queue).await, 0);
+    broker.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,6 +164,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         let settler = Settler::spawn(
             consuming.clone(),
             usize::from(settings.prefetch),
+            settings.concurrency,
             workers,
             ack_failed.clone(),
         );

@@ -3,16 +3,20 @@
 //! Workers finish in any order; the settler of a channel collects their
 //! completions and acknowledges the highest tag below which everything is
 //! settled with one `basic.ack(multiple)`. Under load one frame settles
-//! dozens of deliveries, which is what lets the broker keep up. A slow
-//! order would hold back every later tag (and with them the prefetch
-//! window), so once enough completions wait behind a gap they are
-//! acknowledged one by one.
+//! hundreds of deliveries, which is what lets the broker keep up.
+//!
+//! Completions behind an unfinished delivery wait for it, and each holds a
+//! place of the prefetch window meanwhile. The window has room for as many
+//! as it holds beyond the worker pool (`prefetch - concurrency`), so that a
+//! slow order never starves the workers: completions beyond that room are
+//! acknowledged one by one, and the rest still wait for one frame.
 //!
 //! A settler belongs to one channel. When the channel dies its settler
 //! stops, and completions sent to it are dropped: those deliveries are
 //! redelivered by the broker and the idempotent use case absorbs them.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -36,19 +40,20 @@ pub struct Settler {
 }
 
 impl Settler {
-    /// Starts the settler of `channel`. `capacity` is the prefetch: a
-    /// delivery is settled once, so the queue can never hold more.
-    /// `failed` is cancelled if an acknowledgement cannot be sent.
+    /// Starts the settler of `channel`, whose prefetch window is `prefetch`
+    /// and whose deliveries are processed `concurrency` at a time. A
+    /// delivery is settled once, so the queue never holds more than the
+    /// window. `failed` is cancelled if an acknowledgement cannot be sent.
     pub fn spawn(
         channel: Channel,
-        capacity: usize,
+        prefetch: usize,
+        concurrency: usize,
         tracker: &TaskTracker,
         failed: CancellationToken,
     ) -> Self {
-        let (completions, receiver) = mpsc::channel(capacity.max(1));
-        let straggler_limit = (capacity / 4).max(1);
+        let (completions, receiver) = mpsc::channel(prefetch.max(1));
         tracker.spawn(async move {
-            let ledger = Ledger::new(straggler_limit);
+            let ledger = Ledger::new(room_to_wait(prefetch, concurrency));
             if let Err(error) = run(channel, receiver, ledger).await {
                 tracing::warn!(%error, "could not acknowledge on the broker channel");
                 failed.cancel();
@@ -69,6 +74,16 @@ impl Settler {
         // A closed settler means its channel is gone; the broker redelivers.
         let _ = self.completions.send(settle).await;
     }
+}
+
+/// How many completions may wait behind an unfinished delivery: the part of
+/// the prefetch window the workers do not need. With a window no larger than
+/// the pool, a quarter of it, so that waiting costs the pool little.
+fn room_to_wait(prefetch: usize, concurrency: usize) -> usize {
+    prefetch
+        .saturating_sub(concurrency)
+        .max(prefetch / 4)
+        .max(1)
 }
 
 async fn run(
@@ -121,26 +136,35 @@ struct Ledger {
     next: u64,
     /// Settled tags above `next`; `true` once their own frame was sent.
     ahead: BTreeMap<u64, bool>,
-    straggler_limit: usize,
+    /// How many of `ahead` still need a frame.
+    waiting: usize,
+    /// How many may wait; the newest beyond that are acknowledged alone.
+    room: usize,
 }
 
 impl Ledger {
-    fn new(straggler_limit: usize) -> Self {
+    fn new(room: usize) -> Self {
         Self {
             next: 1,
             ahead: BTreeMap::new(),
-            straggler_limit,
+            waiting: 0,
+            room,
         }
     }
 
     fn record(&mut self, settle: Settle) {
         match settle {
             Settle::Ack(tag) => {
-                self.ahead.entry(tag).or_insert(false);
+                if let Entry::Vacant(entry) = self.ahead.entry(tag) {
+                    entry.insert(false);
+                    self.waiting = self.waiting.saturating_add(1);
+                }
             }
             // The nack was its own frame already.
             Settle::Requeue(tag) => {
-                self.ahead.insert(tag, true);
+                if self.ahead.insert(tag, true) == Some(false) {
+                    self.waiting = self.waiting.saturating_sub(1);
+                }
             }
         }
     }
@@ -153,19 +177,25 @@ impl Ledger {
         while let Some(sent) = self.ahead.remove(&self.next) {
             if !sent {
                 up_to = Some(self.next);
+                self.waiting = self.waiting.saturating_sub(1);
             }
             self.next = self.next.saturating_add(1);
         }
         if let Some(tag) = up_to {
             frames.push(Frame::UpTo(tag));
         }
-        let waiting = self.ahead.values().filter(|sent| !**sent).count();
-        if waiting > 0 && (flush_all || waiting >= self.straggler_limit) {
-            for (tag, sent) in self.ahead.iter_mut().filter(|(_, sent)| !**sent) {
-                *sent = true;
-                frames.push(Frame::Single(*tag));
-            }
+        let excess = if flush_all {
+            self.waiting
+        } else {
+            self.waiting.saturating_sub(self.room)
+        };
+        // The newest: the others may still be covered by one multiple ack.
+        let unsent = self.ahead.iter_mut().rev().filter(|(_, sent)| !**sent);
+        for (tag, sent) in unsent.take(excess) {
+            *sent = true;
+            frames.push(Frame::Single(*tag));
         }
+        self.waiting = self.waiting.saturating_sub(excess);
         frames
     }
 }
@@ -187,21 +217,47 @@ mod tests {
     }
 
     #[test]
-    fn completions_behind_a_slow_delivery_are_acked_one_by_one_past_the_limit() {
+    fn completions_behind_a_slow_delivery_beyond_the_room_are_acked_one_by_one() {
         let mut ledger = Ledger::new(3);
-        ledger.record(Settle::Ack(2));
-        ledger.record(Settle::Ack(3));
+        for tag in [2, 3, 4] {
+            ledger.record(Settle::Ack(tag));
+        }
         assert_eq!(ledger.frames(false), vec![]);
-        ledger.record(Settle::Ack(4));
+        ledger.record(Settle::Ack(6));
+        ledger.record(Settle::Ack(5));
         assert_eq!(
             ledger.frames(false),
-            vec![Frame::Single(2), Frame::Single(3), Frame::Single(4)]
+            vec![Frame::Single(6), Frame::Single(5)]
         );
-        // When the gap closes, nothing is acknowledged twice.
+        ledger.record(Settle::Ack(7));
+        assert_eq!(ledger.frames(false), vec![Frame::Single(7)]);
+        // When the gap closes, one frame covers those that waited, and
+        // nothing is acknowledged twice.
         ledger.record(Settle::Ack(1));
-        assert_eq!(ledger.frames(false), vec![Frame::UpTo(1)]);
+        assert_eq!(ledger.frames(false), vec![Frame::UpTo(4)]);
+        ledger.record(Settle::Ack(8));
+        assert_eq!(ledger.frames(false), vec![Frame::UpTo(8)]);
+    }
+
+    #[test]
+    fn a_requeue_frees_the_room_of_the_completion_it_replaces() {
+        let mut ledger = Ledger::new(2);
+        ledger.record(Settle::Ack(2));
+        ledger.record(Settle::Requeue(3));
+        ledger.record(Settle::Ack(4));
+        assert_eq!(ledger.frames(false), vec![]);
         ledger.record(Settle::Ack(5));
-        assert_eq!(ledger.frames(false), vec![Frame::UpTo(5)]);
+        assert_eq!(ledger.frames(false), vec![Frame::Single(5)]);
+    }
+
+    #[test]
+    fn the_room_to_wait_is_the_window_beyond_the_worker_pool() {
+        assert_eq!(room_to_wait(4096, 2048), 2048);
+        assert_eq!(room_to_wait(1000, 100), 900);
+        // A window no larger than the pool: a quarter of it.
+        assert_eq!(room_to_wait(4096, 4000), 1024);
+        assert_eq!(room_to_wait(100, 2048), 25);
+        assert_eq!(room_to_wait(1, 1), 1);
     }
 
     #[test]
@@ -224,7 +280,8 @@ mod tests {
         assert_eq!(ledger.frames(false), vec![]);
         assert_eq!(
             ledger.frames(true),
-            vec![Frame::Single(2), Frame::Single(4)]
+            vec![Frame::Single(4), Frame::Single(2)]
         );
+        assert_eq!(ledger.frames(true), vec![]);
     }
 }
