@@ -469,6 +469,7 @@ impl World {
             cpu: Cpu::sample(pids.0, pids.1).since(cpu),
             processing_ms: last.processing_seconds * 1000.0 / last.acked,
             payment_ms: last.payment_seconds * 1000.0 / last.payments.max(1.0),
+            ack_frames: AckFrames::per_order(Scrape::default().ack_frames, last.ack_frames, n),
         })
     }
 
@@ -552,6 +553,8 @@ struct Daemon {
 #[derive(Default, Clone, Copy)]
 struct Scrape {
     acked: f64,
+    /// `basic.ack` frames sent: (multiple, one by one).
+    ack_frames: (f64, f64),
     processing_seconds: f64,
     payment_seconds: f64,
     payments: f64,
@@ -576,6 +579,10 @@ impl Daemon {
                 scrape.acked += value;
             } else if key.starts_with("order_processor_deliveries_total{") && value > 0.0 {
                 return Err(format!("the daemon settled {value} deliveries as {key}"));
+            } else if key == "order_processor_amqp_ack_frames_total{multiple=\"true\"}" {
+                scrape.ack_frames.0 += value;
+            } else if key == "order_processor_amqp_ack_frames_total{multiple=\"false\"}" {
+                scrape.ack_frames.1 += value;
             } else if key == "order_processor_processing_seconds_sum" {
                 scrape.processing_seconds += value;
             } else if key.starts_with("order_processor_payment_request_seconds_sum") {
@@ -842,6 +849,7 @@ async fn measure_latency(
     let daemon_ms = (after.processing_seconds - before.processing_seconds) * 1e3 / acked;
     let payments = (after.payments - before.payments).max(1.0);
     let payment_ms = (after.payment_seconds - before.payment_seconds) * 1e3 / payments;
+    let ack_frames = AckFrames::per_order(before.ack_frames, after.ack_frames, sent);
 
     let ids: Vec<Uuid> = published.keys().copied().collect();
     let query = "SELECT order_id, processed_at FROM orders WHERE order_id = ANY($1)";
@@ -882,6 +890,7 @@ async fn measure_latency(
         windows,
         daemon_ms,
         payment_ms,
+        ack_frames,
         busy,
         cpu,
     })
@@ -1048,6 +1057,34 @@ struct Drain {
     cpu: Cpu,
     processing_ms: f64,
     payment_ms: f64,
+    ack_frames: AckFrames,
+}
+
+/// `basic.ack` frames the daemon sent per 100 orders.
+#[derive(Clone, Copy)]
+struct AckFrames {
+    multiple: f64,
+    single: f64,
+}
+
+impl AckFrames {
+    fn per_order(before: (f64, f64), after: (f64, f64), orders: usize) -> Self {
+        let per_100 = |frames: f64| frames * 100.0 / orders.max(1) as f64;
+        Self {
+            multiple: per_100(after.0 - before.0),
+            single: per_100(after.1 - before.1),
+        }
+    }
+}
+
+impl std::fmt::Display for AckFrames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ack frames per 100 orders: {:.1} multiple, {:.1} one by one",
+            self.multiple, self.single
+        )
+    }
 }
 
 struct Latency {
@@ -1068,6 +1105,7 @@ struct Latency {
     daemon_ms: f64,
     /// The mean time of a payment call in this phase.
     payment_ms: f64,
+    ack_frames: AckFrames,
     /// How busy the machine's cores were while publishing.
     busy: f64,
     /// What each process spent while publishing (`client`: the publisher).
@@ -1159,8 +1197,8 @@ impl Report {
             cores as f64 * 1e6 / d.rate
         );
         println!(
-            "daemon time per order: {:.1} ms from delivery to settlement, of which payment call {:.1} ms",
-            d.processing_ms, d.payment_ms
+            "daemon time per order: {:.1} ms from delivery to settlement, of which payment call {:.1} ms; {}",
+            d.processing_ms, d.payment_ms, d.ack_frames
         );
         let (scans, rows) = self.seq_scans;
         println!(
@@ -1202,6 +1240,7 @@ impl Report {
                  (worst {:.1} ms, {:.2} s into the phase)",
                 w.median_p99, w.slow, w.count, w.worst.1, w.worst.0
             );
+            println!("    {}", l.ack_frames);
             let per_order = |ticks: u64| ticks as f64 * 1e6 / hz / l.sent.max(1) as f64;
             let c = &l.cpu;
             println!(

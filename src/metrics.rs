@@ -41,6 +41,11 @@ struct DeliveryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AckLabels {
+    multiple: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PaymentLabels {
     status_class: &'static str,
 }
@@ -51,6 +56,7 @@ pub struct Metrics {
     processing: Histogram,
     in_flight: Gauge<i64, AtomicI64>,
     reconnects: Counter,
+    ack_frames: Family<AckLabels, Counter>,
     payment_requests: Family<PaymentLabels, Histogram>,
     payment_waiting: Gauge<i64, AtomicI64>,
 }
@@ -76,6 +82,7 @@ impl Metrics {
         let processing = Histogram::new(latency_buckets());
         let in_flight = Gauge::<i64, AtomicI64>::default();
         let reconnects = Counter::default();
+        let ack_frames = Family::<AckLabels, Counter>::default();
         let payment_requests = Family::<PaymentLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
@@ -101,6 +108,11 @@ impl Metrics {
             reconnects.clone(),
         );
         registry.register(
+            "order_processor_amqp_ack_frames",
+            "basic.ack frames sent: multiple=\"true\" settles every delivery up to its tag",
+            ack_frames.clone(),
+        );
+        registry.register(
             "order_processor_payment_request_seconds",
             "Duration of calls to the payment provider, by status class",
             payment_requests.clone(),
@@ -116,6 +128,7 @@ impl Metrics {
             processing,
             in_flight,
             reconnects,
+            ack_frames,
             payment_requests,
             payment_waiting,
         }
@@ -137,6 +150,13 @@ impl Metrics {
 
     pub fn reconnected(&self) {
         self.reconnects.inc();
+    }
+
+    /// One `basic.ack` frame sent, settling one delivery or (`multiple`)
+    /// every delivery up to its tag.
+    pub fn ack_frame_sent(&self, multiple: bool) {
+        let multiple = if multiple { "true" } else { "false" };
+        self.ack_frames.get_or_create(&AckLabels { multiple }).inc();
     }
 
     /// `status_class` is `2xx`, `4xx`, `5xx` or `error` (no answer).

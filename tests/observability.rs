@@ -321,6 +321,17 @@ async fn the_metrics_count_what_was_published() {
         1.0
     );
     assert_eq!(value(&scrape, "order_processor_in_flight", &[]), 0.0);
+    // The 8 deliveries finished in one go: none waited behind another long
+    // enough to be acknowledged alone.
+    let frames = "order_processor_amqp_ack_frames_total";
+    env.eventually(WAIT, "the acknowledgements", || async {
+        let scrape = parse(daemon.metrics().await);
+        value(&scrape, frames, &[("multiple", "true")]) >= 1.0
+    })
+    .await;
+    let scrape = parse(daemon.metrics().await);
+    assert!(value(&scrape, frames, &[("multiple", "true")]) <= 8.0);
+    assert_eq!(value(&scrape, frames, &[("multiple", "false")]), 0.0);
     assert_eq!(value(&scrape, "order_processor_payment_waiting", &[]), 0.0);
     assert_eq!(
         value(&scrape, "order_processor_amqp_reconnects_total", &[]),

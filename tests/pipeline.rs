@@ -283,7 +283,7 @@ async fn a_hanging_order_does_not_hold_back_the_orders_behind_it() {
     })
     .await;
     // Room for 8 unacknowledged deliveries, 4 of them being processed.
-    let _daemon = Daemon::start(
+    let daemon = Daemon::start(
         &env,
         &stub.url,
         &[
@@ -310,6 +310,13 @@ async fn a_hanging_order_does_not_hold_back_the_orders_behind_it() {
     })
     .await;
     assert_eq!(stub.calls_for(&slow).len(), 1, "the first call still hangs");
+    // 4 completions wait for the hanging one (the window beyond the pool);
+    // the other 36 were acknowledged one by one.
+    env.eventually(Duration::from_secs(2), "36 single acks", || async {
+        let metrics = daemon.metrics().await;
+        metrics.contains("\norder_processor_amqp_ack_frames_total{multiple=\"false\"} 36\n")
+    })
+    .await;
 
     env.eventually(WAIT, "every row", || async {
         env.order_count().await == 41

@@ -167,6 +167,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             settings.concurrency,
             workers,
             ack_failed.clone(),
+            Arc::clone(&self.metrics),
         );
         let session = Arc::new(Session {
             usecase: Arc::clone(&self.usecase),

@@ -17,12 +17,15 @@
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::sync::Arc;
 
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
 
 /// How a delivery was settled by its worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +53,12 @@ impl Settler {
         concurrency: usize,
         tracker: &TaskTracker,
         failed: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let (completions, receiver) = mpsc::channel(prefetch.max(1));
         tracker.spawn(async move {
             let ledger = Ledger::new(room_to_wait(prefetch, concurrency));
-            if let Err(error) = run(channel, receiver, ledger).await {
+            if let Err(error) = run(channel, receiver, ledger, &metrics).await {
                 tracing::warn!(%error, "could not acknowledge on the broker channel");
                 failed.cancel();
             }
@@ -90,6 +94,7 @@ async fn run(
     channel: Channel,
     mut receiver: mpsc::Receiver<Settle>,
     mut ledger: Ledger,
+    metrics: &Metrics,
 ) -> lapin::Result<()> {
     let mut batch = Vec::with_capacity(256);
     while receiver.recv_many(&mut batch, 256).await > 0 {
@@ -104,22 +109,24 @@ async fn run(
             ledger.record(settle);
         }
         for frame in ledger.frames(false) {
-            send(&channel, frame).await?;
+            send(&channel, frame, metrics).await?;
         }
     }
     // Every sender is gone: the session is over. Settle what can be.
     for frame in ledger.frames(true) {
-        send(&channel, frame).await?;
+        send(&channel, frame, metrics).await?;
     }
     Ok(())
 }
 
-async fn send(channel: &Channel, frame: Frame) -> lapin::Result<()> {
+async fn send(channel: &Channel, frame: Frame, metrics: &Metrics) -> lapin::Result<()> {
     let (tag, multiple) = match frame {
         Frame::UpTo(tag) => (tag, true),
         Frame::Single(tag) => (tag, false),
     };
-    channel.basic_ack(tag, BasicAckOptions { multiple }).await
+    channel.basic_ack(tag, BasicAckOptions { multiple }).await?;
+    metrics.ack_frame_sent(multiple);
+    Ok(())
 }
 
 /// An acknowledgement to send.
