@@ -56,7 +56,9 @@ pub struct Metrics {
     processing: Histogram,
     in_flight: Gauge<i64, AtomicI64>,
     reconnects: Counter,
-    ack_frames: Family<AckLabels, Counter>,
+    /// The two series of `order_processor_amqp_ack_frames`, resolved once
+    /// so that counting a frame takes no lock: (multiple, one by one).
+    ack_frames: (Counter, Counter),
     payment_requests: Family<PaymentLabels, Histogram>,
     payment_waiting: Gauge<i64, AtomicI64>,
 }
@@ -82,7 +84,12 @@ impl Metrics {
         let processing = Histogram::new(latency_buckets());
         let in_flight = Gauge::<i64, AtomicI64>::default();
         let reconnects = Counter::default();
-        let ack_frames = Family::<AckLabels, Counter>::default();
+        let ack_frame_family = Family::<AckLabels, Counter>::default();
+        // One statement each: the guard `get_or_create` returns holds the
+        // family's lock until the end of its statement.
+        let together = ack_frame_family.get_or_create_owned(&AckLabels { multiple: "true" });
+        let alone = ack_frame_family.get_or_create_owned(&AckLabels { multiple: "false" });
+        let ack_frames = (together, alone);
         let payment_requests = Family::<PaymentLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(latency_buckets())
         });
@@ -110,7 +117,7 @@ impl Metrics {
         registry.register(
             "order_processor_amqp_ack_frames",
             "basic.ack frames sent: multiple=\"true\" settles every delivery up to its tag",
-            ack_frames.clone(),
+            ack_frame_family,
         );
         registry.register(
             "order_processor_payment_request_seconds",
@@ -155,8 +162,8 @@ impl Metrics {
     /// One `basic.ack` frame sent, settling one delivery or (`multiple`)
     /// every delivery up to its tag.
     pub fn ack_frame_sent(&self, multiple: bool) {
-        let multiple = if multiple { "true" } else { "false" };
-        self.ack_frames.get_or_create(&AckLabels { multiple }).inc();
+        let (together, alone) = &self.ack_frames;
+        if multiple { together } else { alone }.inc();
     }
 
     /// `status_class` is `2xx`, `4xx`, `5xx` or `error` (no answer).
@@ -184,5 +191,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ack_frame_series_exist_from_the_start_and_count_apart() {
+        let metrics = Metrics::new();
+        metrics.ack_frame_sent(true);
+        metrics.ack_frame_sent(true);
+        metrics.ack_frame_sent(false);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("\norder_processor_amqp_ack_frames_total{multiple=\"true\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\norder_processor_amqp_ack_frames_total{multiple=\"false\"} 1\n"),
+            "{text}"
+        );
+        let fresh = Metrics::new().encode().unwrap();
+        assert!(
+            fresh.contains("\norder_processor_amqp_ack_frames_total{multiple=\"false\"} 0\n"),
+            "{fresh}"
+        );
     }
 }

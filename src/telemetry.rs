@@ -25,7 +25,8 @@ use std::time::Duration;
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
-    SpanBuilder, SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider as _,
+    SpanBuilder, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    TracerProvider as _,
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
@@ -279,17 +280,19 @@ pub fn inject(context: &Context, carrier: &mut dyn Injector) {
 /// The trace id of an order's context as 32 lowercase hex digits, if it
 /// has one.
 pub fn context_trace_id(context: &Context) -> Option<String> {
-    let span = context.span();
-    let ids = span.span_context();
-    ids.is_valid().then(|| ids.trace_id().to_string())
+    valid_ids(context).map(|(trace_id, _)| trace_id.to_string())
 }
 
 /// The trace and span ids of a context's span as lowercase hex, if valid.
 fn ids(context: &Context) -> Option<(String, String)> {
+    valid_ids(context).map(|(trace_id, span_id)| (trace_id.to_string(), span_id.to_string()))
+}
+
+/// A context's span ids, if valid; formatted only by who needs them.
+fn valid_ids(context: &Context) -> Option<(TraceId, SpanId)> {
     let span = context.span();
     let ids = span.span_context();
-    ids.is_valid()
-        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+    ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
 }
 
 /// The W3C trace-context propagator (`traceparent`, `tracestate`).

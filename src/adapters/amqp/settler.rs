@@ -247,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn a_requeue_frees_the_room_of_the_completion_it_replaces() {
+    fn a_requeued_tag_takes_no_room_among_the_waiting() {
         let mut ledger = Ledger::new(2);
         ledger.record(Settle::Ack(2));
         ledger.record(Settle::Requeue(3));
