@@ -27,7 +27,7 @@
 //!
 //! No tracing subscriber is installed, so the `validate` span and the
 //! `order.id` record are near free here: the figures exclude telemetry,
-//! which the end-to-end load benchmark (`benches/load.rs`) measures.
+//! which the end-to-end load benchmark (`benches/load/`) measures.
 
 #![allow(
     clippy::expect_used,

@@ -1,0 +1,259 @@
+//! The latency phases: publishing at a set rate while the daemon consumes,
+//! publish→commit times, their quarter-second windows, and each process's CPU.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::broker::{Publisher, order};
+use crate::report::{AckFrames, Latency};
+use crate::world::{Daemon, Scrape, poll_until};
+use crate::{Context as _, POLL, Phase, Res};
+
+/// Publishes at `rate` for `length`, waits (30 s at most) until the daemon
+/// has acked them all, and reads back when each order's row was inserted.
+pub async fn measure_latency(
+    publisher: &mut Publisher,
+    db: &PgPool,
+    daemon: &Daemon,
+    pids: (Option<u32>, Option<u32>),
+    phase: Phase,
+    acked_before: usize,
+) -> Res<Latency> {
+    let Phase {
+        label,
+        rate,
+        length,
+        overload,
+    } = phase;
+    let sent = (rate * length.as_secs_f64()) as usize;
+    let before = daemon.scrape().await?;
+    let (machine, cpu) = (machine_ticks(), Cpu::sample(pids.0, pids.1));
+    let mut published = HashMap::with_capacity(sent);
+    let started = Instant::now();
+    let started_at = OffsetDateTime::now_utc();
+    while published.len() < sent {
+        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(sent);
+        while published.len() < due {
+            let (order_id, body) = order();
+            published.insert(order_id, OffsetDateTime::now_utc());
+            publisher.send(order_id, &body).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rate = sent as f64 / started.elapsed().as_secs_f64();
+    let ended_at = OffsetDateTime::now_utc();
+    let busy = machine_busy_since(machine);
+    let cpu = Cpu::sample(pids.0, pids.1).since(cpu);
+    publisher.flush().await?;
+    let expected = (acked_before + sent) as f64;
+    let mut after = Scrape::default();
+    let all_acked = async || {
+        after = daemon.scrape().await?;
+        Ok(after.acked >= expected)
+    };
+    poll_until(Duration::from_secs(30), POLL, all_acked).await?;
+    let acked = (after.acked - before.acked).max(1.0);
+    let daemon_ms = (after.processing_seconds - before.processing_seconds) * 1e3 / acked;
+    let payments = (after.payments - before.payments).max(1.0);
+    let payment_ms = (after.payment_seconds - before.payment_seconds) * 1e3 / payments;
+    let ack_frames = AckFrames::per_order(before.ack_frames, after.ack_frames, sent);
+
+    let ids: Vec<Uuid> = published.keys().copied().collect();
+    let query = "SELECT order_id, processed_at FROM orders WHERE order_id = ANY($1)";
+    let rows: Vec<(Uuid, OffsetDateTime)> = sqlx::query_as(query)
+        .bind(&ids)
+        .fetch_all(db)
+        .await
+        .context("read processed_at")?;
+    let mut millis: Vec<f64> = rows
+        .iter()
+        .filter_map(|(id, saved)| Some((*saved - *published.get(id)?).as_seconds_f64() * 1e3))
+        .collect();
+    let windows = Windows::of(&rows, &published, started_at);
+    millis.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let index = (millis.len().saturating_sub(1) as f64 * q).round() as usize;
+        millis.get(index).copied().unwrap_or(f64::NAN)
+    };
+    let (p50, p99, max) = (at(0.5), at(0.99), at(1.0));
+    let missing = sent - millis.len();
+    // Commits while publishing, after the first fifth of the phase: once
+    // the daemon falls behind, this is the most it commits per second.
+    let from = started_at + (ended_at - started_at) / 5;
+    let committed = rows
+        .iter()
+        .filter(|(_, saved)| (from..=ended_at).contains(saved));
+    let committed_rate = committed.count() as f64 / (ended_at - from).as_seconds_f64().max(1e-3);
+    Ok(Latency {
+        label,
+        overload,
+        rate,
+        committed_rate,
+        sent,
+        p50,
+        p99,
+        max,
+        missing,
+        windows,
+        daemon_ms,
+        payment_ms,
+        ack_frames,
+        busy,
+        cpu,
+    })
+}
+
+/// The p99 of each quarter second of a phase (by publish time): whether a
+/// phase's p99 comes from one stall or from the whole phase.
+pub struct Windows {
+    pub count: usize,
+    /// The median of the windows' p99s.
+    pub median_p99: f64,
+    /// Windows whose p99 is above [`SLOW_WINDOW_MS`].
+    pub slow: usize,
+    /// The worst window's p99 and its start, in seconds into the phase.
+    pub worst: (f64, f64),
+}
+
+const WINDOW: f64 = 0.25;
+pub const SLOW_WINDOW_MS: f64 = 50.0;
+
+impl Windows {
+    /// With `LOAD_TIMELINE` set, also prints every window to stderr, with
+    /// the phase's start to compare with the broker's and database's logs.
+    fn of(
+        rows: &[(Uuid, OffsetDateTime)],
+        published: &HashMap<Uuid, OffsetDateTime>,
+        started_at: OffsetDateTime,
+    ) -> Self {
+        let mut by_window: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+        for (id, saved) in rows {
+            let Some(sent_at) = published.get(id) else {
+                continue;
+            };
+            let window = ((*sent_at - started_at).as_seconds_f64() / WINDOW) as u64;
+            let millis = (*saved - *sent_at).as_seconds_f64() * 1e3;
+            by_window.entry(window).or_default().push(millis);
+        }
+        let verbose = std::env::var_os("LOAD_TIMELINE").is_some();
+        if verbose {
+            eprintln!("[load]   phase started at {started_at} (UTC)");
+        }
+        let mut p99s = Vec::with_capacity(by_window.len());
+        let mut worst = (0.0, f64::NAN);
+        for (window, mut millis) in by_window {
+            millis.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                let index = (millis.len().saturating_sub(1) as f64 * q).round() as usize;
+                millis.get(index).copied().unwrap_or(f64::NAN)
+            };
+            let start = window as f64 * WINDOW;
+            if verbose {
+                eprintln!(
+                    "[load]   {start:5.2} s: {:5} orders, p50 {:6.1} ms, p99 {:6.1} ms",
+                    millis.len(),
+                    at(0.5),
+                    at(0.99)
+                );
+            }
+            if worst.1.is_nan() || at(0.99) > worst.1 {
+                worst = (start, at(0.99));
+            }
+            p99s.push(at(0.99));
+        }
+        p99s.sort_by(f64::total_cmp);
+        Windows {
+            count: p99s.len(),
+            median_p99: p99s.get(p99s.len() / 2).copied().unwrap_or(f64::NAN),
+            slow: p99s.iter().filter(|p99| **p99 > SLOW_WINDOW_MS).count(),
+            worst,
+        }
+    }
+}
+
+/// CPU clock ticks of the processes taking part, children included.
+#[derive(Clone, Copy)]
+pub struct Cpu {
+    pub daemon: u64,
+    pub broker: u64,
+    pub postgres: u64,
+    pub sim: u64,
+    pub client: u64,
+}
+
+impl Cpu {
+    pub fn sample(daemon: Option<u32>, sim: Option<u32>) -> Self {
+        let of = |pid: Option<u32>| pid.and_then(|pid| ticks(&pid.to_string())).unwrap_or(0);
+        Self {
+            daemon: of(daemon),
+            sim: of(sim),
+            client: ticks("self").unwrap_or(0),
+            broker: ticks_of_all("beam.smp"),
+            postgres: ticks_of_all("postgres"),
+        }
+    }
+
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            daemon: self.daemon.saturating_sub(before.daemon),
+            broker: self.broker.saturating_sub(before.broker),
+            postgres: self.postgres.saturating_sub(before.postgres),
+            sim: self.sim.saturating_sub(before.sim),
+            client: self.client.saturating_sub(before.client),
+        }
+    }
+}
+
+/// utime + stime + cutime + cstime (fields 14 to 17 of `/proc/<pid>/stat`).
+/// The children's part matters for PostgreSQL: a backend that exits during
+/// a phase was sampled alive before and is in the postmaster's cutime after.
+fn ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2, the command, may hold spaces; the fields after it cannot.
+    let (_, fields) = stat.rsplit_once(')')?;
+    let mut fields = fields.split_whitespace().skip(11).take(4);
+    fields.try_fold(0, |sum, field| Some(sum + field.parse::<u64>().ok()?))
+}
+
+/// The machine's `(busy, total)` CPU ticks over all cores, from
+/// `/proc/stat` (idle and I/O wait are not busy).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+/// The share of the machine's CPU time that was busy since `before`.
+fn machine_busy_since(before: Option<(u64, u64)>) -> f64 {
+    match (before, machine_ticks()) {
+        (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
+            (busy1 - busy0) as f64 / (total1 - total0) as f64
+        }
+        _ => f64::NAN,
+    }
+}
+
+/// The ticks of every process whose command name is `name`.
+fn ticks_of_all(name: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let comm = |pid: &String| std::fs::read_to_string(format!("/proc/{pid}/comm"));
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| comm(pid).is_ok_and(|comm| comm.trim() == name))
+        .filter_map(|pid| ticks(&pid))
+        .sum()
+}

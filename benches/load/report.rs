@@ -1,0 +1,236 @@
+//! The figures of a run and how they are printed.
+
+use std::process::Command;
+
+use crate::measure::{Cpu, SLOW_WINDOW_MS, Windows};
+use crate::world::{DaemonConfig, threads};
+
+pub struct AckOnly {
+    pub rate: f64,
+    pub cpu: Cpu,
+}
+
+pub struct Drain {
+    pub rate: f64,
+    pub cpu: Cpu,
+    pub processing_ms: f64,
+    pub payment_ms: f64,
+    pub ack_frames: AckFrames,
+}
+
+/// `basic.ack` frames the daemon sent per 100 orders.
+#[derive(Clone, Copy)]
+pub struct AckFrames {
+    multiple: f64,
+    single: f64,
+}
+
+impl AckFrames {
+    pub fn per_order(before: (f64, f64), after: (f64, f64), orders: usize) -> Self {
+        let per_100 = |frames: f64| frames * 100.0 / orders.max(1) as f64;
+        Self {
+            multiple: per_100(after.0 - before.0),
+            single: per_100(after.1 - before.1),
+        }
+    }
+}
+
+impl std::fmt::Display for AckFrames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ack frames per 100 orders: {:.1} multiple, {:.1} one by one",
+            self.multiple, self.single
+        )
+    }
+}
+
+pub struct Latency {
+    pub label: String,
+    /// The phase that measured the sustained rate.
+    pub overload: bool,
+    pub rate: f64,
+    /// Orders committed per second while publishing (after the first fifth).
+    pub committed_rate: f64,
+    pub sent: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub missing: usize,
+    /// The p99 of each quarter second of publishing.
+    pub windows: Windows,
+    /// The daemon's mean time from delivery to settlement in this phase.
+    pub daemon_ms: f64,
+    /// The mean time of a payment call in this phase.
+    pub payment_ms: f64,
+    pub ack_frames: AckFrames,
+    /// How busy the machine's cores were while publishing.
+    pub busy: f64,
+    /// What each process spent while publishing (`client`: the publisher).
+    pub cpu: Cpu,
+}
+
+pub struct Report {
+    pub n: usize,
+    pub message_bytes: usize,
+    pub config: DaemonConfig,
+    pub ack_each: AckOnly,
+    pub ack_multiple: AckOnly,
+    pub drain: Drain,
+    /// Publishing at the drain rate: how fast the daemon commits meanwhile.
+    pub sustained: Option<Latency>,
+    pub latency: Vec<Latency>,
+    pub saved: usize,
+    /// Sequential scans of `orders` over the whole run, and rows they read.
+    pub seq_scans: (i64, i64),
+    pub stopped: Option<i32>,
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn print(&self) {
+        let getconf = Command::new("getconf").arg("CLK_TCK").output();
+        let hz = getconf.map(|out| String::from_utf8_lossy(&out.stdout).trim().parse());
+        let hz: f64 = hz.ok().and_then(Result::ok).unwrap_or(100.0);
+        let us = |ticks: u64| ticks as f64 * 1e6 / hz / self.n as f64;
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name")?.split_once(':'));
+        let model = model.map_or("unknown CPU", |(_, model)| model.trim());
+        let build = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let (c, d) = (&self.config, &self.drain);
+        println!();
+        println!(
+            "order-processor load benchmark (N={}, ~{} B messages, quorum queues, \
+             payment-sim 0 ms, {build} build)",
+            self.n, self.message_bytes
+        );
+        println!(
+            "machine: {cores} × {model}; prefetch {} (daemon and ack-only consumer), daemon concurrency {}, \
+             charges in flight {}, runtime threads {}, database pool {}, {}",
+            c.prefetch,
+            c.concurrency,
+            match c.payment_in_flight {
+                0 => "as many as the worker pool".to_owned(),
+                n => format!("at most {n}"),
+            },
+            threads(c.threads),
+            c.pool,
+            if order_processor::telemetry::sdk_disabled() {
+                "OTEL_SDK_DISABLED (no span recorded)"
+            } else {
+                "spans recorded, not exported"
+            }
+        );
+        for (how, a) in [
+            ("ack per message", &self.ack_each),
+            ("multiple every 64", &self.ack_multiple),
+        ] {
+            println!(
+                "{:<52}{:>8} msgs/s   broker {:.0} µs/msg, bench consumer {:.0} µs/msg",
+                format!("broker limit, ack-only consumer ({how})"),
+                grouped(a.rate),
+                us(a.cpu.broker),
+                us(a.cpu.client)
+            );
+        }
+        let ratio = d.rate / self.ack_each.rate;
+        println!(
+            "{:<52}{:>8} orders/s = {ratio:.2} × ack-only",
+            "daemon drain",
+            grouped(d.rate)
+        );
+        let parts = [d.cpu.daemon, d.cpu.broker, d.cpu.postgres, d.cpu.sim].map(us);
+        let [daemon, broker, postgres, sim] = parts;
+        println!(
+            "CPU per order: daemon {daemon:.0} µs, broker {broker:.0} µs, PostgreSQL {postgres:.0} µs, \
+             payment-sim {sim:.0} µs (sum {:.0} µs; {cores} cores offer {:.0} µs per order at this rate)",
+            parts.iter().sum::<f64>(),
+            cores as f64 * 1e6 / d.rate
+        );
+        println!(
+            "daemon time per order: {:.1} ms from delivery to settlement, of which payment call {:.1} ms; {}",
+            d.processing_ms, d.payment_ms, d.ack_frames
+        );
+        let (scans, rows) = self.seq_scans;
+        println!(
+            "PostgreSQL, whole run: {} sequential scans of orders read {} rows ({:.0} per order saved)",
+            grouped(scans as f64),
+            grouped(rows as f64),
+            rows as f64 / self.saved as f64
+        );
+        if let Some(s) = &self.sustained {
+            println!(
+                "{:<52}{:>8} orders/s = {:.2} × drain, {:.2} × ack-only (publishing at {}/s, CPU {:.0} % busy)",
+                "sustained, publishing while consuming",
+                grouped(s.committed_rate),
+                s.committed_rate / d.rate,
+                s.committed_rate / self.ack_each.rate,
+                grouped(s.rate),
+                s.busy * 100.0,
+            );
+        }
+        for l in &self.latency {
+            println!(
+                "publish→commit at {} ({}/s, CPU {:.0} % busy): p50 {:.1} ms, p99 {:.1} ms, \
+                 max {:.1} ms (in the daemon {:.1} ms on average, payment call {:.1} ms); \
+                 {} of {} not saved after 30 s",
+                l.label,
+                grouped(l.rate),
+                l.busy * 100.0,
+                l.p50,
+                l.p99,
+                l.max,
+                l.daemon_ms,
+                l.payment_ms,
+                l.missing,
+                grouped(l.sent as f64)
+            );
+            let w = &l.windows;
+            println!(
+                "    p99 of each quarter second: median {:.1} ms, above {SLOW_WINDOW_MS:.0} ms in {} of {} \
+                 (worst {:.1} ms, {:.2} s into the phase)",
+                w.median_p99, w.slow, w.count, w.worst.1, w.worst.0
+            );
+            println!("    {}", l.ack_frames);
+            let per_order = |ticks: u64| ticks as f64 * 1e6 / hz / l.sent.max(1) as f64;
+            let c = &l.cpu;
+            println!(
+                "    CPU per order at {}: daemon {:.0} µs, broker {:.0} µs, PostgreSQL {:.0} µs, \
+                 payment-sim {:.0} µs, publisher {:.0} µs",
+                l.label,
+                per_order(c.daemon),
+                per_order(c.broker),
+                per_order(c.postgres),
+                per_order(c.sim),
+                per_order(c.client),
+            );
+        }
+        match self.stopped {
+            Some(code) => println!("daemon stop on SIGTERM: exit {code}"),
+            None => println!("daemon stop on SIGTERM: no exit within 40 s (killed)"),
+        }
+        for problem in &self.problems {
+            println!("PROBLEM: {problem}");
+        }
+    }
+}
+
+/// 25100.4 → "25 100".
+fn grouped(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(digit);
+    }
+    out
+}
