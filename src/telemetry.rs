@@ -18,8 +18,8 @@
 //! case and the adapters open child spans with [`child_span`] without
 //! holding a tracer, and the log layer takes each line's ids from it.
 
-use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+mod logs;
+
 use std::time::Duration;
 
 use opentelemetry::Context;
@@ -32,18 +32,11 @@ use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, SdkTracer, SdkTracerProvider};
-use serde_json::{Map, Value};
-use std::io::Write as _;
-
-use tracing::field::{Field, Visit};
-use tracing::subscriber::Interest;
-use tracing::{Event, Subscriber, span};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt as _};
-use tracing_subscriber::registry::{LookupSpan, SpanRef};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use self::logs::JsonLogs;
 use crate::config::ConfigError;
 
 /// Where log lines go: stdout for the daemon, stderr for commands whose
@@ -82,11 +75,7 @@ impl Telemetry {
             .with_threads(false)
             .with_location(false)
             .with_target(false);
-        let logs = JsonLogs {
-            dynamic: directives.contains('['),
-            filter,
-            target,
-        };
+        let logs = JsonLogs::new(filter, directives.contains('['), target);
         tracing_subscriber::registry()
             .with(spans)
             .with(logs)
@@ -161,20 +150,6 @@ fn tracer_provider(
         problem: format!("cannot be used ({error})"),
     })?;
     Ok(builder.with_batch_exporter(exporter).build())
-}
-
-static EXPORT_FAILURE_REPORTED: AtomicBool = AtomicBool::new(false);
-
-/// The SDK reports every failed export; an absent collector would flood
-/// the logs, so only its first complaint is shown.
-fn once_for_exporter_errors(meta: &tracing::Metadata<'_>) -> bool {
-    if !meta.target().starts_with("opentelemetry") {
-        return true;
-    }
-    if *meta.level() > tracing::Level::WARN {
-        return false;
-    }
-    !EXPORT_FAILURE_REPORTED.swap(true, Ordering::Relaxed)
 }
 
 /// Makes the consumer span of each delivery; the context it returns hands
@@ -316,168 +291,6 @@ pub fn inject_current(carrier: &mut dyn Injector) {
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     context_trace_id(&span.context())
-}
-
-/// The log layer, and the subscriber's only filter.
-///
-/// The daemon's own spans and events at INFO and above are always enabled,
-/// so that traces never depend on the log level; everything else is enabled
-/// as `RUST_LOG` says, and an event becomes a line only if `RUST_LOG` lets it
-/// through. One global filter instead of one per layer keeps the cost of a
-/// span to the registry and the OpenTelemetry layer: per-layer filters and
-/// a formatting layer do work on every enter, exit and record of every span.
-struct JsonLogs {
-    filter: EnvFilter,
-    /// `RUST_LOG` filters by span (`[span{field=value}]`), so the filter must
-    /// follow spans being entered and left.
-    dynamic: bool,
-    target: LogTarget,
-}
-
-fn is_ours(meta: &tracing::Metadata<'_>) -> bool {
-    meta.target().starts_with("order_processor") && *meta.level() <= tracing::Level::INFO
-}
-
-impl<S> tracing_subscriber::Layer<S> for JsonLogs
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn register_callsite(&self, meta: &'static tracing::Metadata<'static>) -> Interest {
-        if is_ours(meta) {
-            return Interest::always();
-        }
-        tracing_subscriber::Layer::<S>::register_callsite(&self.filter, meta)
-    }
-
-    fn enabled(&self, meta: &tracing::Metadata<'_>, ctx: LayerContext<'_, S>) -> bool {
-        is_ours(meta) || self.filter.enabled(meta, ctx)
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        tracing_subscriber::Layer::<S>::max_level_hint(&self.filter)
-            .map(|level| level.max(LevelFilter::INFO))
-    }
-
-    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: LayerContext<'_, S>) {
-        if self.dynamic {
-            self.filter.on_new_span(attrs, id, ctx);
-        }
-    }
-
-    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: LayerContext<'_, S>) {
-        if self.dynamic {
-            self.filter.on_record(id, values, ctx);
-        }
-    }
-
-    fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
-        if self.dynamic {
-            self.filter.on_enter(id, ctx);
-        }
-    }
-
-    fn on_exit(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
-        if self.dynamic {
-            self.filter.on_exit(id, ctx);
-        }
-    }
-
-    fn on_close(&self, id: span::Id, ctx: LayerContext<'_, S>) {
-        if self.dynamic {
-            self.filter.on_close(id, ctx);
-        }
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: LayerContext<'_, S>) {
-        let meta = event.metadata();
-        if !self.filter.enabled(meta, ctx.clone()) || !once_for_exporter_errors(meta) {
-            return;
-        }
-        let mut line = json_line(event, ctx.lookup_current()).to_string();
-        line.push('\n');
-        // A log line that cannot be written has nowhere else to go.
-        let _ = match self.target {
-            LogTarget::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-            LogTarget::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
-        };
-    }
-}
-
-/// One JSON object: time, level, target, message and fields, then the name
-/// and ids of the current order's span, or else of the innermost tracing
-/// span.
-fn json_line<S>(event: &Event<'_>, span: Option<SpanRef<'_, S>>) -> Value
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    let mut line = Map::new();
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    line.insert("timestamp".into(), Value::String(now));
-    line.insert(
-        "level".into(),
-        Value::String(event.metadata().level().to_string()),
-    );
-    line.insert(
-        "target".into(),
-        Value::String(event.metadata().target().to_owned()),
-    );
-    event.record(&mut JsonFields(&mut line));
-    let in_order = Context::map_current(|current| {
-        let order = current.get::<InOrder>()?;
-        Some((order.span_name, current.clone()))
-    });
-    let (name, context) = match (in_order, span) {
-        // Inside an order: its spans are not tracing spans.
-        (Some((name, context)), _) => (Some(name), Some(context)),
-        (None, Some(span)) => (
-            Some(span.name()),
-            tracing::dispatcher::get_default(|dispatch| {
-                tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
-            }),
-        ),
-        (None, None) => (None, None),
-    };
-    if let Some(name) = name {
-        line.insert("span".into(), Value::String(name.to_owned()));
-    }
-    if let Some((trace_id, span_id)) = context.as_ref().and_then(ids) {
-        line.insert("trace_id".into(), Value::String(trace_id));
-        line.insert("span_id".into(), Value::String(span_id));
-    }
-    Value::Object(line)
-}
-
-struct JsonFields<'a>(&'a mut Map<String, Value>);
-
-impl Visit for JsonFields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0
-            .insert(field.name().to_owned(), Value::String(value.to_owned()));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::Bool(value));
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().to_owned(), Value::String(value.to_string()));
-    }
 }
 
 #[cfg(test)]

@@ -11,36 +11,35 @@
 //! in-flight orders get the grace period to finish, the rest is left
 //! unacknowledged, and the connection is closed.
 
+mod delivery;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt as _};
-use opentelemetry::{Context, KeyValue, StringValue};
+use opentelemetry::StringValue;
 use rand::Rng as _;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::headers::{self, HeaderExtractor};
+use self::delivery::handle;
 use super::republish::Republisher;
 use super::settler::Settler;
 use super::topology::{self, Names};
 use super::{AmqpError, connect};
-use crate::disposition::{Disposition, ErrorKind, RetryDecision, RetryPolicy};
+use crate::disposition::RetryPolicy;
 use crate::domain::{OrderRepository, PaymentProvider};
 use crate::health::Health;
-use crate::metrics::{Metrics, Outcome};
-use crate::telemetry::{self, OrderTracer};
-use crate::usecase::{ProcessError, ProcessOrder};
+use crate::metrics::Metrics;
+use crate::telemetry::OrderTracer;
+use crate::usecase::ProcessOrder;
 
 /// Everything the consumer needs to know, taken from the settings.
 #[derive(Debug, Clone)]
@@ -276,163 +275,5 @@ async fn close(connection: &Connection, channels: &[&Channel]) {
     }
     if let Err(error) = connection.close(200, "stopping".into()).await {
         tracing::debug!(%error, "connection already closed");
-    }
-}
-
-/// Processes one delivery and settles it, inside its consumer span.
-async fn handle<P: PaymentProvider, R: OrderRepository>(
-    session: &Session<P, R>,
-    delivery: Delivery,
-    interrupt: &CancellationToken,
-) {
-    let started = Instant::now();
-    session.metrics.in_flight().inc();
-    let attempt = headers::attempt(&delivery.properties);
-    let order = consumer_span(session, &delivery, attempt);
-    let trace_id = telemetry::context_trace_id(&order);
-
-    let result = tokio::select! {
-        biased;
-        () = interrupt.cancelled() => Err(ProcessError::Interrupted),
-        result = session.usecase.execute(&delivery.data, trace_id).with_context(order.clone()) => result,
-    };
-    let disposition = Disposition::of(&result);
-    let (outcome, kind) = settle(session, &delivery, attempt, disposition)
-        .with_context(order.clone())
-        .await;
-
-    let span = order.span();
-    span.set_attribute(KeyValue::new(
-        "messaging.rabbitmq.outcome",
-        outcome_name(outcome),
-    ));
-    if let Err(error) = &result {
-        let kind = kind.map_or("interrupted", ErrorKind::as_str);
-        span.set_attribute(KeyValue::new("error.type", kind));
-        span.set_status(Status::error(error.to_string()));
-    }
-    span.end();
-    session.metrics.in_flight().dec();
-    session.metrics.delivery_settled(
-        outcome,
-        kind.map_or("", ErrorKind::as_str),
-        started.elapsed(),
-    );
-}
-
-/// The consumer span, a child of the publisher's span when the message
-/// carries a `traceparent` (OpenTelemetry messaging conventions), as the
-/// order's context.
-fn consumer_span<P, R>(session: &Session<P, R>, delivery: &Delivery, attempt: u32) -> Context {
-    let properties = &delivery.properties;
-    let parent = telemetry::extract(&HeaderExtractor(properties.headers().as_ref()));
-    let span = || consumer_span_builder(session, delivery, attempt);
-    session.tracer.start(span, "process", &parent)
-}
-
-fn consumer_span_builder<P, R>(
-    session: &Session<P, R>,
-    delivery: &Delivery,
-    attempt: u32,
-) -> SpanBuilder {
-    let properties = &delivery.properties;
-    // Room for the message id, and for what `handle` and the use case add
-    // later (order id, outcome, error type), so that none of them grows it.
-    let mut attributes = Vec::with_capacity(12);
-    attributes.extend([
-        KeyValue::new("messaging.system", "rabbitmq"),
-        KeyValue::new("messaging.operation.type", "process"),
-        KeyValue::new("messaging.operation.name", "process"),
-        KeyValue::new("messaging.destination.name", session.queue.clone()),
-        KeyValue::new(
-            "messaging.rabbitmq.destination.routing_key",
-            delivery.routing_key.to_string(),
-        ),
-        KeyValue::new(
-            "messaging.rabbitmq.message.delivery_tag",
-            i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
-        ),
-        KeyValue::new(
-            "messaging.message.body.size",
-            i64::try_from(delivery.data.len()).unwrap_or(i64::MAX),
-        ),
-        KeyValue::new("messaging.rabbitmq.attempt", i64::from(attempt)),
-    ]);
-    if let Some(id) = properties.message_id() {
-        attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
-    }
-    SpanBuilder::from_name(session.span_name.clone())
-        .with_kind(SpanKind::Consumer)
-        .with_attributes(attributes)
-}
-
-/// Carries out a disposition. Returns how the delivery ended and, for a
-/// failure, its kind.
-async fn settle<P, R>(
-    session: &Session<P, R>,
-    delivery: &Delivery,
-    attempt: u32,
-    disposition: Disposition,
-) -> (Outcome, Option<ErrorKind>) {
-    let tag = delivery.delivery_tag;
-    let (kind, reason) = match disposition {
-        Disposition::Ack => {
-            session.settler.ack(tag).await;
-            return (Outcome::Acked, None);
-        }
-        Disposition::LeaveUnacked => return (Outcome::Requeued, None),
-        Disposition::DeadLetter { kind, reason } => (kind, reason),
-        Disposition::Retry { reason } => match session.retry.after_failure(attempt) {
-            RetryDecision::RetryAfter(delay) => {
-                let parked = session
-                    .republisher
-                    .retry(&delivery.data, &delivery.properties, attempt, delay)
-                    .await;
-                return match parked {
-                    Ok(()) => {
-                        tracing::info!(attempt, delay_ms = delay.as_millis(), %reason, "retrying later");
-                        session.settler.ack(tag).await;
-                        (Outcome::Retried, Some(ErrorKind::Transient))
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "could not park the message for a retry; requeueing it");
-                        session.settler.requeue(tag).await;
-                        (Outcome::Requeued, Some(ErrorKind::Transient))
-                    }
-                };
-            }
-            RetryDecision::Exhausted => (ErrorKind::RetriesExhausted, reason),
-        },
-    };
-    let moved = session
-        .republisher
-        .dead_letter(
-            &delivery.data,
-            &delivery.properties,
-            attempt,
-            kind.as_str(),
-            &reason,
-        )
-        .await;
-    match moved {
-        Ok(()) => {
-            tracing::warn!(error.kind = kind.as_str(), %reason, attempt, "dead-lettered");
-            session.settler.ack(tag).await;
-            (Outcome::DeadLettered, Some(kind))
-        }
-        Err(error) => {
-            tracing::warn!(%error, "could not dead-letter the message; requeueing it");
-            session.settler.requeue(tag).await;
-            (Outcome::Requeued, Some(kind))
-        }
-    }
-}
-
-fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Acked => "acked",
-        Outcome::Retried => "retried",
-        Outcome::DeadLettered => "dead_lettered",
-        Outcome::Requeued => "requeued",
     }
 }
