@@ -36,6 +36,7 @@ pub enum AppError {
 
 const MIGRATE_RETRY: Duration = Duration::from_secs(2);
 const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(1);
+const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 
 pub fn names(settings: &Settings) -> Names {
     Names {
@@ -61,12 +62,27 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
 
+    // Everything that can fail is built before the first task is spawned, so
+    // that a failure returns without leaving a task behind.
     let http = HttpServer::bind(
         settings.http.listen,
         Arc::clone(&health),
         Arc::clone(&metrics),
     )
     .await?;
+    let on_signal = stop_on_signal(stop.clone(), Arc::clone(&health))?;
+    let url = settings.database.url.expose();
+    let pool = postgres::pool(url, settings.database.max_connections)?;
+    let concurrency = settings.workers.concurrency;
+    let payment_timeout = Duration::from_millis(settings.payment.timeout_ms);
+    let payments_in_flight = settings.payment_in_flight();
+    let payments = HttpPaymentProvider::new(
+        settings.payment.base_url.expose(),
+        payment_timeout,
+        payments_in_flight,
+        Arc::clone(&metrics),
+    )?;
+
     match http.local_addr() {
         Some(address) => tracing::info!(%address, "serving /healthz /readyz /metrics"),
         None => tracing::info!("serving /healthz /readyz /metrics"),
@@ -80,19 +96,18 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
             }
         }
     });
-    background.spawn(stop_on_signal(stop.clone(), Arc::clone(&health))?);
+    background.spawn(on_signal);
 
-    let url = settings.database.url.expose();
-    let pool = postgres::pool(url, settings.database.max_connections)?;
-    if settings.database.migrate {
-        // A database that is not up yet is waited for, not a reason to exit.
-        while let Err(error) = postgres::migrate(url, &pool).await {
-            tracing::warn!(%error, "database not ready for migrations; retrying");
-            tokio::select! {
-                () = stop.cancelled() => break,
-                () = tokio::time::sleep(MIGRATE_RETRY) => {}
-            }
-        }
+    let migrated = if settings.database.migrate {
+        migrate_when_ready(url, &pool, &stop).await
+    } else {
+        Ok(())
+    };
+    if let Err(error) = migrated {
+        stop.cancel();
+        http_stop.cancel();
+        finish(&background).await;
+        return Err(error.into());
     }
     background.spawn(watch_database(
         pool.clone(),
@@ -100,15 +115,6 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
         stop.clone(),
     ));
 
-    let concurrency = settings.workers.concurrency;
-    let payment_timeout = Duration::from_millis(settings.payment.timeout_ms);
-    let payments_in_flight = settings.payment_in_flight();
-    let payments = HttpPaymentProvider::new(
-        settings.payment.base_url.expose(),
-        payment_timeout,
-        payments_in_flight,
-        Arc::clone(&metrics),
-    )?;
     let batch_workers = TaskTracker::new();
     let orders = PostgresOrders::new(pool.clone(), &batch_workers, concurrency);
     let usecase = Arc::new(ProcessOrder::new(payments, orders));
@@ -147,11 +153,50 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     pool.close().await;
     http_stop.cancel();
     stop.cancel();
-    background.close();
-    background.wait().await;
+    finish(&background).await;
     consumed.map_err(AppError::Consumer)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Applies the migrations, waiting (until `stop`) for a database that is
+/// not up yet. A migration that fails on its own is returned: retrying
+/// would fail the same way, and the exit says why.
+async fn migrate_when_ready(
+    url: &str,
+    pool: &sqlx::PgPool,
+    stop: &CancellationToken,
+) -> Result<(), DatabaseError> {
+    loop {
+        let attempt = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            attempt = postgres::migrate(url, pool) => attempt,
+        };
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "database not ready for migrations; retrying");
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(MIGRATE_RETRY) => {}
+        }
+    }
+}
+
+/// Waits for the background tasks (HTTP server, signal and database
+/// watchers), which stop once their tokens are cancelled; a client holding
+/// the HTTP server open does not hold the exit beyond `BACKGROUND_GRACE`.
+async fn finish(background: &TaskTracker) {
+    background.close();
+    if tokio::time::timeout(BACKGROUND_GRACE, background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop in time; exiting without them");
+    }
 }
 
 /// Cancels `stop` at the first SIGTERM or SIGINT, turning `/readyz` off first.

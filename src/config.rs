@@ -60,8 +60,8 @@ impl Serialize for Secret {
 }
 
 /// Keeps the scheme, host, port and path of a URL, so an operator can see
-/// where it points, and hides the password and the whole query string
-/// (where drivers accept `password=` or `sslpassword=`).
+/// where it points, and hides the password, an HTTP URL's user name, and the
+/// whole query string (where drivers accept `password=` or `sslpassword=`).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "[redacted]".to_owned();
@@ -71,6 +71,9 @@ pub fn redact_url(url: &str) -> String {
     let host = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _password)) => format!("{user}:[redacted]@{host}"),
+            // An HTTP API takes a key as the user name (`https://sk_live_…@psp`);
+            // a broker or database user name alone is no secret.
+            None if scheme.starts_with("http") => format!("[redacted]@{host}"),
             None => format!("{userinfo}@{host}"),
         },
         None => authority.to_owned(),
@@ -451,16 +454,32 @@ fn optional_url(
     }
 }
 
+/// Refuses what the client would later reject: the clients' own parse
+/// errors can quote the whole URL, password included, so none may reach
+/// them. A PostgreSQL URL may leave out the host (a Unix socket).
 fn check_url(name: &str, value: &str, schemes: &[&str]) -> Result<(), ConfigError> {
-    let parsed =
-        reqwest::Url::parse(value).map_err(|_| ConfigError::new(name, "is not a valid URL"))?;
+    let invalid = || ConfigError::new(name, "is not a valid URL");
+    let parsed = reqwest::Url::parse(value).map_err(|_| invalid())?;
     if !schemes.contains(&parsed.scheme()) {
         return Err(ConfigError::new(
             name,
             format!("must use one of the schemes {}", schemes.join(", ")),
         ));
     }
-    Ok(())
+    if parsed.cannot_be_a_base() {
+        return Err(invalid());
+    }
+    match parsed.scheme() {
+        "postgres" | "postgresql" => Ok(()),
+        "amqp" | "amqps" => value
+            .parse::<lapin::uri::AMQPUri>()
+            .map(drop)
+            .map_err(|_| invalid()),
+        _ if parsed.host_str().is_none_or(str::is_empty) => {
+            Err(ConfigError::new(name, "must name a host"))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -531,6 +550,21 @@ mod tests {
         let error = load("", &[("DATABASE_URL", "mysql://u:hunter2@db/x")]).unwrap_err();
         assert_eq!(error.key, "DATABASE_URL");
         assert!(!error.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_url_its_client_would_refuse_is_refused_without_being_shown() {
+        for (name, url) in [
+            ("AMQP_URL", "amqp:app:hunter2@mq"),
+            ("AMQP_URL", "amqp://app:hunter2@mq/%2f?heartbeat=hunter2"),
+            ("PAYMENT_BASE_URL", "http://"),
+        ] {
+            let error = load("", &[(name, url)]).unwrap_err();
+            assert_eq!(error.key, name, "{url}");
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+        }
+        let socket = "postgres:///orders?host=/var/run/postgresql";
+        assert!(load("", &[("DATABASE_URL", socket)]).is_ok());
     }
 
     #[test]
@@ -623,6 +657,10 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("http://h:8081"), "http://h:8081");
+        assert_eq!(
+            redact_url("https://sk_live_123@psp.example/api"),
+            "https://[redacted]@psp.example/api"
+        );
         assert_eq!(
             redact_url("postgres://h/db?password=p"),
             "postgres://h/db?[redacted]"

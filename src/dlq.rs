@@ -4,18 +4,24 @@
 //! Both read `Q.dead` without acknowledging as they go: a message leaves
 //! the queue only once its replacement is confirmed by the broker, and
 //! everything else is returned to the queue when the channel closes. So a
-//! crash, a typo or Ctrl-C in the middle never loses a dead letter.
+//! crash, a typo or Ctrl-C in the middle never loses a dead letter. Both
+//! read at most the messages that were in the queue when they started: a
+//! replayed order that fails again while the daemon runs is dead-lettered
+//! anew, and is not read (and replayed) again by the same run.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::AMQPValue;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
 
-use crate::adapters::amqp::headers::{ATTEMPTS, ERROR_KIND, ERROR_REASON};
-use crate::adapters::amqp::{self, AmqpError, Names, topology};
+use crate::adapters::amqp::headers::{self, ATTEMPTS, ERROR_KIND, ERROR_REASON};
+use crate::adapters::amqp::{self, AmqpError, Names, answered, topology};
 
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Progress is reported on stderr every this many messages.
@@ -47,21 +53,29 @@ async fn open(
     max_attempts: u32,
 ) -> Result<(lapin::Connection, Channel), DlqError> {
     let connection = amqp::connect(url, "order-processor dlq").await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| DlqError::Broker(AmqpError::Channel(e)))?;
-    topology::declare(&channel, names, max_attempts)
-        .await
-        .map_err(|e| DlqError::Broker(AmqpError::Topology(e)))?;
+    let channel = answered(connection.create_channel(), AmqpError::Channel).await?;
+    let declared = topology::declare(&channel, names, max_attempts);
+    answered(declared, AmqpError::Topology).await?;
     Ok((connection, channel))
 }
 
 async fn close(connection: lapin::Connection) {
     // Closing returns every message that was read but not acknowledged.
-    if let Err(error) = connection.close(200, "done".into()).await {
+    let closed = answered(connection.close(200, "done".into()), AmqpError::Channel);
+    if let Err(error) = closed.await {
         tracing::debug!(%error, "connection already closed");
     }
+}
+
+/// How many messages `queue` holds ready now: the most one run reads.
+async fn ready_now(channel: &Channel, queue: &str) -> Result<u64, DlqError> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declare = channel.queue_declare(queue.into(), options, FieldTable::default());
+    let declared = answered(declare, DlqError::Read).await?;
+    Ok(u64::from(declared.message_count()))
 }
 
 fn header(properties: &BasicProperties, name: &str) -> Option<String> {
@@ -82,13 +96,14 @@ pub async fn list(
 ) -> Result<BTreeMap<String, KindSummary>, DlqError> {
     let (connection, channel) = open(url, names, max_attempts).await?;
     let queue = names.dead_letter_queue();
+    let at_start = ready_now(&channel, &queue).await?;
     let mut kinds: BTreeMap<String, KindSummary> = BTreeMap::new();
     let mut seen = 0u64;
-    while let Some(message) = channel
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-        .await
-        .map_err(DlqError::Read)?
-    {
+    while seen < at_start {
+        let get = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false });
+        let Some(message) = answered(get, DlqError::Read).await? else {
+            break;
+        };
         let properties = &message.delivery.properties;
         let kind = header(properties, ERROR_KIND).unwrap_or_else(|| "unknown".to_owned());
         let reason = header(properties, ERROR_REASON).unwrap_or_default();
@@ -100,7 +115,8 @@ pub async fn list(
         }
         seen = seen.saturating_add(1);
         if seen.is_multiple_of(PROGRESS_EVERY) {
-            eprintln!("read {seen} dead letters…");
+            // Progress is a courtesy; a closed stderr must not stop the count.
+            let _ = writeln!(std::io::stderr(), "read {seen} dead letters…");
         }
     }
     close(connection).await;
@@ -126,19 +142,17 @@ pub async fn replay(
     limit: Option<u64>,
 ) -> Result<Replayed, DlqError> {
     let (connection, channel) = open(url, names, max_attempts).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| DlqError::Broker(AmqpError::Channel(e)))?;
+    let confirms = channel.confirm_select(ConfirmSelectOptions::default());
+    answered(confirms, AmqpError::Channel).await?;
     let queue = names.dead_letter_queue();
+    let at_start = ready_now(&channel, &queue).await?;
     let mut done = Replayed::default();
     let mut stderr = std::io::stderr();
-    while limit.is_none_or(|limit| done.replayed < limit) {
-        let Some(message) = channel
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(DlqError::Read)?
-        else {
+    while limit.is_none_or(|limit| done.replayed < limit)
+        && done.replayed.saturating_add(done.skipped) < at_start
+    {
+        let get = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false });
+        let Some(message) = answered(get, DlqError::Read).await? else {
             break;
         };
         let delivery = &message.delivery;
@@ -149,19 +163,17 @@ pub async fn replay(
             continue;
         }
         let properties = fresh_attempts(&delivery.properties);
-        let confirm = channel
-            .basic_publish(
-                names.exchange.as_str().into(),
-                names.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                properties,
-            )
-            .await
-            .map_err(DlqError::Read)?;
+        let publish = channel.basic_publish(
+            names.exchange.as_str().into(),
+            names.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.data,
+            properties,
+        );
+        let confirm = answered(publish, DlqError::Read).await?;
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
             Ok(Ok(Confirmation::Ack(None))) => {}
             _ => {
@@ -169,10 +181,8 @@ pub async fn replay(
                 return Err(DlqError::NotConfirmed);
             }
         }
-        channel
-            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
-            .await
-            .map_err(DlqError::Read)?;
+        let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default());
+        answered(ack, DlqError::Read).await?;
         done.replayed = done.replayed.saturating_add(1);
         if done.replayed.is_multiple_of(PROGRESS_EVERY) {
             // Progress is a courtesy; a closed stderr must not stop the replay.
@@ -198,8 +208,9 @@ const FAILURE_HEADERS: [&str; 10] = [
     "x-last-death-reason",
 ];
 
-/// The original properties without the failure headers, so the replayed
-/// message starts again at attempt 1 with its trace context intact.
+/// The original properties without the failure headers (and without an
+/// expiration, long past by now), so the replayed message starts again at
+/// attempt 1 with its trace context intact.
 fn fresh_attempts(properties: &BasicProperties) -> BasicProperties {
     let kept: BTreeMap<_, _> = properties
         .headers()
@@ -213,5 +224,5 @@ fn fresh_attempts(properties: &BasicProperties) -> BasicProperties {
                 .collect()
         })
         .unwrap_or_default();
-    properties.clone().with_headers(kept.into())
+    headers::without_expiration(properties).with_headers(kept.into())
 }

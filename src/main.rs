@@ -2,6 +2,8 @@
 //! configuration, start telemetry, run the command, turn the result into
 //! an exit code (0 done, 1 runtime failure, 2 bad configuration or usage).
 
+use std::fmt::Arguments;
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
     let settings = match Settings::load(&cli.config_dir) {
         Ok(settings) => settings,
         Err(error) => {
-            eprintln!("{error}");
+            complain(format_args!("{error}"));
             return ExitCode::from(2);
         }
     };
@@ -50,21 +52,32 @@ fn main() -> ExitCode {
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("could not start the runtime: {error}");
+            complain(format_args!("could not start the runtime: {error}"));
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(execute(cli, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(error)) => {
-            eprintln!("{error}");
+            complain(format_args!("{error}"));
             ExitCode::from(2)
         }
         Err(Failure::Runtime(message)) => {
-            eprintln!("{message}");
+            complain(format_args!("{message}"));
             ExitCode::from(1)
         }
     }
+}
+
+/// Writes a line of the command's result. `println!` would panic once the
+/// reader has gone away (`dlq list | head -1`); then no one is left to tell.
+fn say(line: Arguments<'_>) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Writes a line on stderr, which may be closed too.
+fn complain(line: Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Help and version go to stdout with 0; any other usage error is one line
@@ -72,12 +85,15 @@ fn main() -> ExitCode {
 fn usage(error: &clap::Error) -> ExitCode {
     match error.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            print!("{error}");
+            let _ = write!(std::io::stdout().lock(), "{error}");
             ExitCode::SUCCESS
         }
         _ => {
             let rendered = error.render().to_string();
-            eprintln!("{}", rendered.lines().next().unwrap_or("invalid usage"));
+            complain(format_args!(
+                "{}",
+                rendered.lines().next().unwrap_or("invalid usage")
+            ));
             ExitCode::from(2)
         }
     }
@@ -89,7 +105,7 @@ async fn execute(cli: Cli, settings: Settings) -> Result<(), Failure> {
             let shown = serde_json::to_string_pretty(&settings).map_err(|error| {
                 Failure::Runtime(format!("could not print the configuration: {error}"))
             })?;
-            println!("{shown}");
+            say(format_args!("{shown}"));
             Ok(())
         }
         Command::Migrate => {
@@ -122,10 +138,10 @@ async fn execute(cli: Cli, settings: Settings) -> Result<(), Failure> {
             .await;
             telemetry.shutdown(Duration::from_secs(5));
             let summary = result.map_err(|error| Failure::Runtime(error.to_string()))?;
-            eprintln!(
+            complain(format_args!(
                 "published {} message(s), {} confirmed by the broker",
                 summary.published, summary.confirmed
-            );
+            ));
             Ok(())
         }
     }
@@ -140,11 +156,14 @@ async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<(), Failure
         DlqCommand::List => {
             let kinds = dlq::list(url, &names, attempts).await.map_err(failed)?;
             let total: u64 = kinds.values().map(|k| k.count).sum();
-            println!("{total} dead letter(s) in {}", names.dead_letter_queue());
+            say(format_args!(
+                "{total} dead letter(s) in {}",
+                names.dead_letter_queue()
+            ));
             for (kind, summary) in &kinds {
-                println!("{:>8}  {kind}", summary.count);
+                say(format_args!("{:>8}  {kind}", summary.count));
                 for (reason, count) in &summary.reasons {
-                    println!("{:>8}    {reason}", count);
+                    say(format_args!("{:>8}    {reason}", count));
                 }
             }
         }
@@ -152,10 +171,10 @@ async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<(), Failure
             let done = dlq::replay(url, &names, attempts, kind.as_deref(), limit)
                 .await
                 .map_err(failed)?;
-            println!(
+            say(format_args!(
                 "replayed {} dead letter(s) to {}; {} left in place",
                 done.replayed, names.exchange, done.skipped
-            );
+            ));
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ use tokio::io::AsyncBufReadExt as _;
 use uuid::Uuid;
 
 use crate::adapters::amqp::headers::HeaderInjector;
-use crate::adapters::amqp::{self, AmqpError, Names, topology};
+use crate::adapters::amqp::{self, AmqpError, Names, answered, topology};
 use crate::cli::PublishArgs;
 use crate::domain::{OrderMessage, OrderMessageItem};
 use crate::telemetry;
@@ -42,6 +42,8 @@ pub enum PublishError {
     Read(#[source] std::io::Error),
     #[error("the broker did not confirm {0} message(s)")]
     Unconfirmed(u64),
+    #[error("could not encode a generated order: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// What one run published.
@@ -58,18 +60,12 @@ pub async fn run(
     args: &PublishArgs,
 ) -> Result<Summary, PublishError> {
     let connection = amqp::connect(url, "order-processor publish").await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| PublishError::Broker(AmqpError::Channel(e)))?;
+    let channel = answered(connection.create_channel(), AmqpError::Channel).await?;
     // Declaring first means nothing published now is dropped for want of a queue.
-    topology::declare(&channel, names, max_attempts)
-        .await
-        .map_err(|e| PublishError::Broker(AmqpError::Topology(e)))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| PublishError::Broker(AmqpError::Channel(e)))?;
+    let declared = topology::declare(&channel, names, max_attempts);
+    answered(declared, AmqpError::Topology).await?;
+    let confirms = channel.confirm_select(ConfirmSelectOptions::default());
+    answered(confirms, AmqpError::Channel).await?;
 
     let mut publisher = Publisher {
         channel,
@@ -87,13 +83,14 @@ pub async fn run(
         None => {
             let count = args.count.unwrap_or(DEFAULT_COUNT);
             for _ in 0..count {
-                let (id, body) = generate(args.invalid_ratio);
+                let (id, body) = generate(args.invalid_ratio)?;
                 publisher.publish(Some(id), &body).await?;
             }
         }
     }
     let summary = publisher.finish().await?;
-    if let Err(error) = connection.close(200, "done".into()).await {
+    let closed = answered(connection.close(200, "done".into()), AmqpError::Channel);
+    if let Err(error) = closed.await {
         tracing::debug!(%error, "connection already closed");
     }
     Ok(summary)
@@ -128,6 +125,8 @@ impl Publisher<'_> {
             if line.is_empty() {
                 continue;
             }
+            // A line that is not an order is published all the same (to try
+            // out dead-lettering); it just has no order id to print.
             let id = serde_json::from_str::<OrderIdOnly>(line)
                 .ok()
                 .map(|only| only.order_id);
@@ -159,24 +158,24 @@ impl Publisher<'_> {
         if let Some(id) = &order_id {
             properties = properties.with_message_id(id.as_str().into());
         }
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.names.exchange.as_str().into(),
-                self.names.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .map_err(PublishError::Publish)?;
+        // Bounded: a broker that blocks publishers (a memory or disk alarm)
+        // is reported instead of waited for in silence.
+        let publish = self.channel.basic_publish(
+            self.names.exchange.as_str().into(),
+            self.names.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        );
+        let confirm = answered(publish, PublishError::Publish).await?;
         drop(_entered);
         self.summary.published = self.summary.published.saturating_add(1);
         if self.summary.published.is_multiple_of(PROGRESS_EVERY) {
-            eprintln!("published {}…", self.summary.published);
+            // Progress is a courtesy; a closed stderr must not stop publishing.
+            let _ = writeln!(std::io::stderr(), "published {}…", self.summary.published);
         }
         if !self.quiet {
             // stdout going away (a closed pipe) is no reason to stop publishing.
@@ -196,7 +195,10 @@ impl Publisher<'_> {
     /// Sleeps until the next message is due under `--rate`.
     async fn pace(&self) {
         let Some(rate) = self.rate else { return };
-        let due = Duration::from_secs_f64(self.summary.published as f64 / rate);
+        // A rate so low that the next message is due beyond `Duration::MAX`
+        // waits that long instead of overflowing.
+        let due = Duration::try_from_secs_f64(self.summary.published as f64 / rate)
+            .unwrap_or(Duration::MAX);
         let elapsed = self.started.elapsed();
         if let Some(wait) = due.checked_sub(elapsed) {
             tokio::time::sleep(wait).await;
@@ -221,7 +223,8 @@ impl Publisher<'_> {
         }
         // Closed here rather than dropped: a dropped channel is closed in
         // the background, and that close would race the connection's.
-        if let Err(error) = self.channel.close(200, "done".into()).await {
+        let closed = answered(self.channel.close(200, "done".into()), AmqpError::Channel);
+        if let Err(error) = closed.await {
             tracing::debug!(%error, "channel already closed");
         }
         if self.unconfirmed > 0 {
@@ -238,7 +241,7 @@ struct OrderIdOnly {
 
 /// A random order (about 500 bytes), or with probability `invalid_ratio`
 /// one that breaks a rule and must be dead-lettered.
-pub fn generate(invalid_ratio: f64) -> (String, Vec<u8>) {
+pub fn generate(invalid_ratio: f64) -> Result<(String, Vec<u8>), PublishError> {
     let mut rng = rand::rng();
     let id = Uuid::new_v4();
     let mut message = OrderMessage::example(id);
@@ -261,6 +264,6 @@ pub fn generate(invalid_ratio: f64) -> (String, Vec<u8>) {
             _ => message.order_id = "not-a-uuid".to_owned(),
         }
     }
-    let body = message.to_json().unwrap_or_default();
-    (message.order_id, body)
+    let body = message.to_json().map_err(PublishError::Encode)?;
+    Ok((message.order_id, body))
 }

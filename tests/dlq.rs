@@ -30,6 +30,25 @@ fn run(env: &TestEnv, payment_url: &str, args: &[&str]) -> (i32, String) {
     (output.status.code().unwrap_or(-1), stdout)
 }
 
+/// Publishes `n` bodies that are no order: each is dead-lettered at once.
+async fn publish_malformed(env: &TestEnv, broker: &Broker, n: usize) {
+    for _ in 0..n {
+        let properties = Broker::properties(None);
+        let (exchange, key) = (&env.exchange, &env.routing_key);
+        broker
+            .publish(exchange, key, b"not an order", properties)
+            .await;
+    }
+}
+
+/// Waits until the dead-letter queue holds `n` messages.
+async fn dead_letters(env: &TestEnv, broker: &Broker, n: u32) {
+    env.eventually(WAIT, &format!("{n} dead letters"), || async {
+        broker.depth(&env.dead_letter_queue()).await == n
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_then_replayed_by_kind_once_the_provider_is_back() {
     let env = TestEnv::new().await;
@@ -57,20 +76,8 @@ async fn dead_letters_are_listed_then_replayed_by_kind_once_the_provider_is_back
             )
             .await;
     }
-    for _ in 0..2 {
-        broker
-            .publish(
-                &env.exchange,
-                &env.routing_key,
-                b"not an order",
-                Broker::properties(None),
-            )
-            .await;
-    }
-    env.eventually(WAIT, "five dead letters", || async {
-        broker.depth(&env.dead_letter_queue()).await == 5
-    })
-    .await;
+    publish_malformed(&env, &broker, 2).await;
+    dead_letters(&env, &broker, 5).await;
 
     let (code, listing) = run(&env, &stub.url, &["dlq", "list"]);
     assert_eq!(code, 0, "{listing}");
@@ -139,5 +146,58 @@ async fn dead_letters_are_listed_then_replayed_by_kind_once_the_provider_is_back
             .iter()
             .all(|t| t.as_deref() == Some("0af7651916cd43dd8448eb211c80319c"))
     );
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_each_dead_letter_once_even_when_it_fails_again() {
+    let env = TestEnv::new().await;
+    let stub = PaymentStub::start(|_, _| 201).await;
+    let _daemon = Daemon::start(&env, &stub.url, &[]).await;
+    let broker = Broker::connect().await;
+    publish_malformed(&env, &broker, 20).await;
+    dead_letters(&env, &broker, 20).await;
+
+    // While the replay runs, the daemon dead-letters every replayed message
+    // again; the replay must not pick those up and go round for ever.
+    let (code, output) = run(&env, &stub.url, &["dlq", "replay"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("replayed 20 "), "{output}");
+    dead_letters(&env, &broker, 20).await;
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_keeps_its_properties_but_not_the_publishers_expiration() {
+    let env = TestEnv::new().await;
+    let stub = PaymentStub::start(|_, _| 201).await;
+    let _daemon = Daemon::start(&env, &stub.url, &[]).await;
+    let broker = Broker::connect().await;
+    let properties = Broker::properties(Some(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ))
+    .with_message_id("m-1".into())
+    .with_expiration("600000".into());
+    broker
+        .publish(&env.exchange, &env.routing_key, b"not an order", properties)
+        .await;
+    dead_letters(&env, &broker, 1).await;
+
+    let dead = broker.get(&env.dead_letter_queue()).await.unwrap();
+    assert_eq!(dead.body, b"not an order");
+    assert_eq!(
+        dead.properties.expiration(),
+        &None,
+        "it would expire in turn"
+    );
+    assert_eq!(
+        dead.properties.message_id().as_ref().map(|id| id.as_str()),
+        Some("m-1")
+    );
+    assert_eq!(
+        dead.header("traceparent").as_deref(),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    assert_eq!(dead.header("x-error-kind").as_deref(), Some("malformed"));
     broker.close().await;
 }

@@ -60,6 +60,21 @@ struct ChargeAnswer {
     status: String,
 }
 
+/// `{base}/v1/charges`, keeping a path the base URL has: a provider at
+/// `https://psp.example/api` is called at `https://psp.example/api/v1/charges`.
+/// `None` for a URL that cannot have a path (`mailto:` and the like).
+fn charges_url(base: &Url) -> Option<Url> {
+    if base.cannot_be_a_base() {
+        return None;
+    }
+    let mut directory = base.clone();
+    if !directory.path().ends_with('/') {
+        let path = format!("{}/", directory.path());
+        directory.set_path(&path);
+    }
+    directory.join("v1/charges").ok()
+}
+
 impl HttpPaymentProvider {
     /// With `max_in_flight`, that many charges are sent at a time (at least
     /// one) and the others wait for their turn. Every connection opened is
@@ -72,9 +87,7 @@ impl HttpPaymentProvider {
     ) -> Result<Self, PaymentClientError> {
         let max_in_flight = max_in_flight.map(|n| n.clamp(1, Semaphore::MAX_PERMITS));
         let base = Url::parse(base_url).map_err(|_| PaymentClientError::InvalidUrl)?;
-        let charges_url = base
-            .join("/v1/charges")
-            .map_err(|_| PaymentClientError::InvalidUrl)?;
+        let charges_url = charges_url(&base).ok_or(PaymentClientError::InvalidUrl)?;
         let host = base.host_str().unwrap_or_default();
         let server_address = StringValue::from(Arc::<str>::from(host));
         // Made once here instead of formatted by the client for every request.
@@ -317,6 +330,30 @@ mod tests {
         assert_eq!(longest_wait(timeout, 65, Some(64)), timeout * 2);
         assert_eq!(longest_wait(timeout, 8, Some(0)), timeout * 8);
         assert_eq!(longest_wait(Duration::MAX, 2, Some(1)), Duration::MAX);
+    }
+
+    #[test]
+    fn charges_go_to_v1_charges_under_the_base_urls_path() {
+        let url = |base: &str| charges_url(&Url::parse(base).unwrap()).map(String::from);
+        for (base, expected) in [
+            ("http://127.0.0.1:8081", "http://127.0.0.1:8081/v1/charges"),
+            ("http://127.0.0.1:8081/", "http://127.0.0.1:8081/v1/charges"),
+            (
+                "https://psp.example/api",
+                "https://psp.example/api/v1/charges",
+            ),
+            (
+                "https://psp.example/api/",
+                "https://psp.example/api/v1/charges",
+            ),
+            (
+                "https://psp.example/api?x=1",
+                "https://psp.example/api/v1/charges",
+            ),
+        ] {
+            assert_eq!(url(base).as_deref(), Some(expected), "{base}");
+        }
+        assert_eq!(url("mailto:payments@example.com"), None);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{SpanBuilder, SpanKind};
+use sqlx::ConnectOptions as _;
+use sqlx::Postgres;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio_util::task::TaskTracker;
@@ -29,6 +31,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A statement that has not answered by then is treated as a lost database.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 1000;
+/// Connecting to check for (or create) the database.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Two statements of each kind at a time: while one runs (and waits for its
 /// commit), the next batch can start instead of waiting for it, which
 /// halves the time an order spends waiting for its batch at moderate load
@@ -52,6 +56,8 @@ pub enum DatabaseError {
     Create(#[source] sqlx::Error),
     #[error("could not apply the migrations: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("the database did not answer within {} s", ADMIN_TIMEOUT.as_secs())]
+    Timeout,
 }
 
 /// Builds a lazily connecting pool: the daemon starts even when the
@@ -64,7 +70,10 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DatabaseError> {
     // all of it for every batch. Custom plans use the primary key every time.
     let options = options
         .application_name("order-processor")
-        .options([("plan_cache_mode", "force_custom_plan")]);
+        .options([("plan_cache_mode", "force_custom_plan")])
+        // sqlx would log a slow statement with its SQL text at WARN; what the
+        // daemon logs never holds SQL. A slow batch shows in its span instead.
+        .disable_statement_logging();
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -74,18 +83,48 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DatabaseError> {
 /// Creates the database if it does not exist, then applies `migrations/`.
 /// Safe to run from several replicas at once: sqlx takes an advisory lock.
 pub async fn migrate(url: &str, pool: &PgPool) -> Result<(), DatabaseError> {
-    let exists = Postgres::database_exists(url)
+    let exists = tokio::time::timeout(ADMIN_TIMEOUT, Postgres::database_exists(url))
         .await
+        .map_err(|_| DatabaseError::Timeout)?
         .map_err(DatabaseError::Connect)?;
     if !exists {
-        Postgres::create_database(url)
+        tokio::time::timeout(ADMIN_TIMEOUT, Postgres::create_database(url))
             .await
+            .map_err(|_| DatabaseError::Timeout)?
             .map_err(DatabaseError::Create)?;
     }
     MIGRATOR.run(pool).await.map_err(DatabaseError::Migrate)
 }
 
-use sqlx::Postgres;
+impl DatabaseError {
+    /// Whether waiting may help: the database is unreachable or not
+    /// accepting connections yet. A migration that fails on its own (a
+    /// changed or missing migration, a statement error) fails again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Timeout => true,
+            Self::Create(error) => unreachable(error),
+            Self::Migrate(sqlx::migrate::MigrateError::Execute(error)) => unreachable(error),
+            Self::Migrate(_) | Self::InvalidUrl(_) => false,
+        }
+    }
+}
+
+/// A lost or refused connection, or a server that is starting or stopping
+/// (SQLSTATE classes 08 and 57P).
+fn unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
 
 /// Answers whether the database is reachable, for `/readyz`.
 pub async fn ping(pool: &PgPool) -> bool {
@@ -183,7 +222,13 @@ async fn with_timeout<T>(
 ) -> Result<T, sqlx::Error> {
     tokio::time::timeout(STATEMENT_TIMEOUT, query)
         .await
-        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        .unwrap_or_else(|_| {
+            let late = format!("no answer within {} s", STATEMENT_TIMEOUT.as_secs());
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                late,
+            )))
+        })
 }
 
 async fn lookup_batch(pool: &PgPool, ids: Vec<Uuid>) -> Vec<Shared<bool>> {

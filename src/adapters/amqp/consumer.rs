@@ -33,7 +33,7 @@ use self::delivery::handle;
 use super::republish::Republisher;
 use super::settler::Settler;
 use super::topology::{self, Names};
-use super::{AmqpError, connect};
+use super::{AmqpError, answered, connect};
 use crate::disposition::RetryPolicy;
 use crate::domain::{OrderRepository, PaymentProvider};
 use crate::health::Health;
@@ -97,15 +97,12 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
     /// Consumes until `stop` is cancelled, reconnecting whenever the broker
     /// goes away. Returns once in-flight orders are settled or abandoned.
     pub async fn run(self, stop: CancellationToken) {
-        let workers = TaskTracker::new();
-        let interrupt = CancellationToken::new();
+        let pool = WorkerPool::new(self.settings.concurrency);
         let mut backoff = BACKOFF_MIN;
         let mut reconnecting = false;
         while !stop.is_cancelled() {
             let started = Instant::now();
-            let ended = self
-                .session(&stop, &workers, &interrupt, reconnecting)
-                .await;
+            let ended = self.session(&stop, &pool, reconnecting).await;
             self.health.set_broker(false);
             let Err(error) = ended else { break };
             if started.elapsed() > BACKOFF_MAX {
@@ -122,40 +119,28 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             }
         }
         // Tasks of sessions that died are still tracked; none may outlive the daemon.
-        drain(&workers, &interrupt, self.settings.grace).await;
+        pool.drain(self.settings.grace).await;
     }
 
     async fn session(
         &self,
         stop: &CancellationToken,
-        workers: &TaskTracker,
-        interrupt: &CancellationToken,
+        pool: &WorkerPool,
         reconnecting: bool,
     ) -> Result<(), AmqpError> {
         let settings = &self.settings;
         // The pid in the name lets an operator find this replica's connection.
         let name = format!("order-processor pid {}", std::process::id());
         let connection = connect(&settings.url, &name).await?;
-        let consuming = connection
-            .create_channel()
-            .await
-            .map_err(AmqpError::Channel)?;
-        let publishing = connection
-            .create_channel()
-            .await
-            .map_err(AmqpError::Channel)?;
-        topology::declare(&consuming, &settings.names, settings.retry.max_attempts)
-            .await
-            .map_err(AmqpError::Topology)?;
-        super::broker_check::spawn(settings, workers, stop);
-        consuming
-            .basic_qos(settings.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(AmqpError::Channel)?;
-        publishing
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(AmqpError::Channel)?;
+        let consuming = answered(connection.create_channel(), AmqpError::Channel).await?;
+        let publishing = answered(connection.create_channel(), AmqpError::Channel).await?;
+        let declared = topology::declare(&consuming, &settings.names, settings.retry.max_attempts);
+        answered(declared, AmqpError::Topology).await?;
+        super::broker_check::spawn(settings, &pool.tasks, stop);
+        let qos = consuming.basic_qos(settings.prefetch, BasicQosOptions::default());
+        answered(qos, AmqpError::Channel).await?;
+        let confirms = publishing.confirm_select(ConfirmSelectOptions::default());
+        answered(confirms, AmqpError::Channel).await?;
 
         let ack_failed = CancellationToken::new();
         // The settler is tracked with the order tasks: it ends after the last
@@ -164,7 +149,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             consuming.clone(),
             usize::from(settings.prefetch),
             settings.concurrency,
-            workers,
+            &pool.tasks,
             ack_failed.clone(),
             Arc::clone(&self.metrics),
         );
@@ -178,15 +163,13 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             republisher: Republisher::new(publishing.clone(), settings.names.clone()),
             retry: settings.retry,
         });
-        let consumer = consuming
-            .basic_consume(
-                settings.names.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(AmqpError::Channel)?;
+        let consume = consuming.basic_consume(
+            settings.names.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let consumer = answered(consume, AmqpError::Channel).await?;
         let consumer_tag = consumer.tag();
         self.health.set_broker(true);
         if reconnecting {
@@ -194,20 +177,16 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         }
         tracing::info!(queue = %settings.names.queue, prefetch = settings.prefetch, "consuming");
 
-        let ended = self
-            .pump(consumer, session, stop, &ack_failed, workers, interrupt)
-            .await;
+        let ended = self.pump(consumer, session, stop, &ack_failed, pool).await;
         ended?;
 
         // Stopping on purpose: no new deliveries, then let the orders finish.
         self.health.set_broker(false);
-        if let Err(error) = consuming
-            .basic_cancel(consumer_tag, BasicCancelOptions::default())
-            .await
-        {
+        let cancel = consuming.basic_cancel(consumer_tag, BasicCancelOptions::default());
+        if let Err(error) = answered(cancel, AmqpError::Channel).await {
             tracing::warn!(%error, "could not cancel the consumer");
         }
-        drain(workers, interrupt, settings.grace).await;
+        pool.drain(settings.grace).await;
         close(&connection, &[&publishing, &consuming]).await;
         Ok(())
     }
@@ -219,16 +198,14 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         session: Arc<Session<P, R>>,
         stop: &CancellationToken,
         ack_failed: &CancellationToken,
-        workers: &TaskTracker,
-        interrupt: &CancellationToken,
+        pool: &WorkerPool,
     ) -> Result<(), AmqpError> {
-        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         loop {
             let permit = tokio::select! {
                 biased;
                 () = stop.cancelled() => return Ok(()),
                 () = ack_failed.cancelled() => return Err(AmqpError::AckFailed),
-                permit = Arc::clone(&permits).acquire_owned() => permit,
+                permit = Arc::clone(&pool.permits).acquire_owned() => permit,
             };
             let Ok(permit) = permit else { return Ok(()) };
             let delivery = tokio::select! {
@@ -243,8 +220,8 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
                 None => return Err(AmqpError::ConsumerCancelled),
             };
             let session = Arc::clone(&session);
-            let interrupt = interrupt.clone();
-            workers.spawn(async move {
+            let interrupt = pool.interrupt.clone();
+            pool.tasks.spawn(async move {
                 handle(&session, delivery, &interrupt).await;
                 drop(permit);
             });
@@ -252,28 +229,53 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
     }
 }
 
-/// Waits for in-flight orders; past `grace`, interrupts them (they are left
-/// unacknowledged) and waits for them to notice.
-async fn drain(workers: &TaskTracker, interrupt: &CancellationToken, grace: Duration) {
-    workers.close();
-    if tokio::time::timeout(grace, workers.wait()).await.is_err() {
-        tracing::warn!(
-            grace_ms = grace.as_millis(),
-            "grace period over; leaving unfinished orders for redelivery"
-        );
-        interrupt.cancel();
-        workers.wait().await;
+/// The order tasks, for the daemon's whole life: the orders of a session
+/// that died still run, and hold their permits, while the next session
+/// consumes, so `concurrency` bounds them all.
+struct WorkerPool {
+    tasks: TaskTracker,
+    permits: Arc<Semaphore>,
+    /// Cancelled when the grace period is over: unfinished orders stop.
+    interrupt: CancellationToken,
+}
+
+impl WorkerPool {
+    fn new(concurrency: usize) -> Self {
+        Self {
+            tasks: TaskTracker::new(),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            interrupt: CancellationToken::new(),
+        }
     }
-    workers.reopen();
+
+    /// Waits for in-flight orders; past `grace`, interrupts them (they are
+    /// left unacknowledged) and waits for them to notice.
+    async fn drain(&self, grace: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = grace.as_millis(),
+                "grace period over; leaving unfinished orders for redelivery"
+            );
+            self.interrupt.cancel();
+            self.tasks.wait().await;
+        }
+        self.tasks.reopen();
+    }
 }
 
 async fn close(connection: &Connection, channels: &[&Channel]) {
     for channel in channels {
-        if let Err(error) = channel.close(200, "stopping".into()).await {
+        let closed = answered(channel.close(200, "stopping".into()), AmqpError::Channel);
+        if let Err(error) = closed.await {
             tracing::debug!(%error, "channel already closed");
         }
     }
-    if let Err(error) = connection.close(200, "stopping".into()).await {
+    let closed = answered(connection.close(200, "stopping".into()), AmqpError::Channel);
+    if let Err(error) = closed.await {
         tracing::debug!(%error, "connection already closed");
     }
 }

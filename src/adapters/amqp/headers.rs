@@ -59,6 +59,54 @@ pub fn attempt(properties: &BasicProperties) -> u32 {
     recorded.saturating_add(1)
 }
 
+/// The properties without `expiration`, everything else as it was. A copy
+/// kept for later (a dead letter) must not vanish when the publisher's TTL
+/// runs out, and a replayed one must not expire on arrival; the broker
+/// itself drops the property when it dead-letters a message.
+pub fn without_expiration(properties: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    if let Some(value) = properties.content_type() {
+        copy = copy.with_content_type(value.clone());
+    }
+    if let Some(value) = properties.content_encoding() {
+        copy = copy.with_content_encoding(value.clone());
+    }
+    if let Some(value) = properties.headers() {
+        copy = copy.with_headers(value.clone());
+    }
+    if let Some(value) = *properties.delivery_mode() {
+        copy = copy.with_delivery_mode(value);
+    }
+    if let Some(value) = *properties.priority() {
+        copy = copy.with_priority(value);
+    }
+    if let Some(value) = properties.correlation_id() {
+        copy = copy.with_correlation_id(value.clone());
+    }
+    if let Some(value) = properties.reply_to() {
+        copy = copy.with_reply_to(value.clone());
+    }
+    if let Some(value) = properties.message_id() {
+        copy = copy.with_message_id(value.clone());
+    }
+    if let Some(value) = *properties.timestamp() {
+        copy = copy.with_timestamp(value);
+    }
+    if let Some(value) = properties.kind() {
+        copy = copy.with_type(value.clone());
+    }
+    if let Some(value) = properties.user_id() {
+        copy = copy.with_user_id(value.clone());
+    }
+    if let Some(value) = properties.app_id() {
+        copy = copy.with_app_id(value.clone());
+    }
+    if let Some(value) = properties.cluster_id() {
+        copy = copy.with_cluster_id(value.clone());
+    }
+    copy
+}
+
 /// The original properties with `extra` headers set (replacing any of the
 /// same name); everything else is kept as it was.
 pub fn with_headers(properties: &BasicProperties, extra: &[(&str, AMQPValue)]) -> BasicProperties {
@@ -76,6 +124,28 @@ pub fn text(value: &str) -> AMQPValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_expiration_is_left_out() {
+        let mut headers = FieldTable::default();
+        headers.insert("traceparent".into(), text("00-ab-cd-01"));
+        let all = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_priority(3)
+            .with_correlation_id("corr".into())
+            .with_reply_to("replies".into())
+            .with_message_id("m-1".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("order".into())
+            .with_user_id("guest".into())
+            .with_app_id("shop".into())
+            .with_cluster_id("c".into());
+        let copy = without_expiration(&all.clone().with_expiration("60000".into()));
+        assert_eq!(copy, all);
+    }
 
     #[test]
     fn a_fresh_message_is_attempt_one_and_a_retried_one_counts_on() {

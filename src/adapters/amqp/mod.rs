@@ -9,6 +9,7 @@ mod republish;
 mod settler;
 pub mod topology;
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
@@ -19,6 +20,10 @@ pub use topology::Names;
 
 /// How long connecting (TCP, TLS, AMQP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the broker may take to answer one request (open a channel,
+/// declare, consume, acknowledge, cancel, close). Heartbeats would notice a
+/// dead connection too, but only after a minute or more.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A broker failure. `Display` never shows the URL or its credentials.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +40,20 @@ pub enum AmqpError {
     ConsumerCancelled,
     #[error("acknowledgements could not be sent")]
     AckFailed,
+    #[error("the broker did not answer within {} s", ANSWER_TIMEOUT.as_secs())]
+    NoAnswer,
+}
+
+/// `request`, bounded by [`ANSWER_TIMEOUT`]: a broker that does not answer
+/// ends the session like one that refuses, instead of holding it forever.
+pub(crate) async fn answered<T, E: From<AmqpError>>(
+    request: impl IntoFuture<Output = lapin::Result<T>>,
+    failed: impl FnOnce(lapin::Error) -> E,
+) -> Result<T, E> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, request).await {
+        Ok(answer) => answer.map_err(failed),
+        Err(_) => Err(AmqpError::NoAnswer.into()),
+    }
 }
 
 /// Opens a connection named after the process, so operators can find it in

@@ -56,7 +56,8 @@ impl Republisher {
     }
 
     /// Moves the message to the dead-letter queue: the same body and
-    /// properties, plus why and after how many attempts.
+    /// properties, plus why and after how many attempts. A publisher's
+    /// `expiration` is left out, or the dead letter would expire in turn.
     pub async fn dead_letter(
         &self,
         body: &[u8],
@@ -66,7 +67,7 @@ impl Republisher {
         reason: &str,
     ) -> Result<(), RepublishError> {
         let properties = headers::with_headers(
-            properties,
+            &headers::without_expiration(properties),
             &[
                 (ERROR_KIND, headers::text(kind)),
                 (ERROR_REASON, headers::text(reason)),

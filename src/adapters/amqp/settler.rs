@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::{AmqpError, answered};
 use crate::metrics::Metrics;
 
 /// How a delivery was settled by its worker.
@@ -95,7 +96,7 @@ async fn run(
     mut receiver: mpsc::Receiver<Settle>,
     mut ledger: Ledger,
     metrics: &Metrics,
-) -> lapin::Result<()> {
+) -> Result<(), AmqpError> {
     let mut batch = Vec::with_capacity(256);
     while receiver.recv_many(&mut batch, 256).await > 0 {
         for settle in batch.drain(..) {
@@ -104,7 +105,7 @@ async fn run(
                     multiple: false,
                     requeue: true,
                 };
-                channel.basic_nack(tag, options).await?;
+                answered(channel.basic_nack(tag, options), AmqpError::Channel).await?;
             }
             ledger.record(settle);
         }
@@ -119,12 +120,13 @@ async fn run(
     Ok(())
 }
 
-async fn send(channel: &Channel, frame: Frame, metrics: &Metrics) -> lapin::Result<()> {
+async fn send(channel: &Channel, frame: Frame, metrics: &Metrics) -> Result<(), AmqpError> {
     let (tag, multiple) = match frame {
         Frame::UpTo(tag) => (tag, true),
         Frame::Single(tag) => (tag, false),
     };
-    channel.basic_ack(tag, BasicAckOptions { multiple }).await?;
+    let ack = channel.basic_ack(tag, BasicAckOptions { multiple });
+    answered(ack, AmqpError::Channel).await?;
     metrics.ack_frame_sent(multiple);
     Ok(())
 }

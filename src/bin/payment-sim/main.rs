@@ -223,19 +223,22 @@ async fn run(cli: Cli) -> ExitCode {
     // Tests and scripts read this line to learn the port; written without `println!`,
     // which would panic if stdout were closed.
     {
+        // Ignored: with stdout gone the simulator still serves; only the line is lost.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "payment-sim listening on {bound}");
         let _ = out.flush();
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
+    let on_signal = tokio::spawn(async move {
         signals.wait().await;
+        // Ignored: with every receiver gone there is nothing left to stop.
         let _ = stop_tx.send(true);
     });
     // Without TCP_NODELAY a reply that leaves in two writes can stall ~40 ms behind
     // the client's delayed ACK (Nagle), which would dominate a microsecond replay.
     let listener = listener.tap_io(|tcp| {
+        // Ignored: without it a connection is slower, not wrong.
         let _ = tcp.set_nodelay(true);
     });
     let server = axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -258,6 +261,9 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
     };
+    // Stopped by the server's own failure rather than a signal: the signal
+    // listener is all that is left running.
+    on_signal.abort();
     let s = app.stats();
     tracing::info!(
         requests = s.requests,
