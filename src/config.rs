@@ -216,15 +216,23 @@ impl ConfigError {
 /// Where to read the environment from; a trait so tests need not touch the
 /// process environment.
 pub trait Environment {
-    fn var(&self, name: &str) -> Option<String>;
+    /// The variable's value, `None` when unset; a value that is not UTF-8
+    /// is an error naming the variable, never taken as unset.
+    fn var(&self, name: &str) -> Result<Option<String>, ConfigError>;
 }
 
 /// The real process environment.
 pub struct ProcessEnvironment;
 
 impl Environment for ProcessEnvironment {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
+    fn var(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        match std::env::var(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(ConfigError::new(name, "is not valid UTF-8"))
+            }
+        }
     }
 }
 
@@ -240,6 +248,7 @@ impl Settings {
                 ),
             ));
         }
+        check_env_keys(std::env::vars_os().map(|(name, _)| name))?;
         let profile = std::env::var("ORDER_PROCESSOR_ENV").ok();
         let figment = layers(config_dir, profile.as_deref())
             .merge(Env::prefixed("ORDER_PROCESSOR__").split("__"));
@@ -249,7 +258,7 @@ impl Settings {
     fn from_layers(figment: Figment, env: &dyn Environment) -> Result<Self, ConfigError> {
         let layered: Layered = figment.extract().map_err(|error| describe(&error))?;
         let url = |name: &str, default: &str, schemes: &[&str]| {
-            let value = env.var(name).unwrap_or_else(|| default.to_owned());
+            let value = env.var(name)?.unwrap_or_else(|| default.to_owned());
             check_url(name, &value, schemes).map(|()| Secret::new(value))
         };
         let settings = Self {
@@ -367,10 +376,12 @@ fn layers(config_dir: &Path, profile: Option<&str>) -> Figment {
 
 fn describe(error: &figment::Error) -> ConfigError {
     let path = &error.path;
-    let key = if path.is_empty() {
-        "file".to_owned()
-    } else {
-        path.join(".")
+    // A file that does not parse has no key: name the file instead.
+    let source = error.metadata.as_ref().and_then(|m| m.source.as_ref());
+    let key = match source {
+        _ if !path.is_empty() => path.join("."),
+        Some(source) => source.to_string(),
+        None => "file".to_owned(),
     };
     let problem = error.kind.to_string().replace('\n', " ");
     ConfigError::new(key, format!("is invalid ({})", problem.trim()))
@@ -397,10 +408,10 @@ fn in_range<T: PartialOrd + fmt::Display>(
 /// vague "builder error" or a connection retried forever. Checked once here,
 /// so that a wrong mount is one line naming the variable, and exit 2.
 fn check_trust_files(env: &dyn Environment, database_url: &str) -> Result<(), ConfigError> {
-    if let Some(file) = env.var("SSL_CERT_FILE") {
+    if let Some(file) = env.var("SSL_CERT_FILE")? {
         check_ca_file(&file).map_err(|problem| ConfigError::new("SSL_CERT_FILE", problem))?;
     }
-    if let Some(dirs) = env.var("SSL_CERT_DIR") {
+    if let Some(dirs) = env.var("SSL_CERT_DIR")? {
         for dir in dirs.split(':').filter(|dir| !dir.is_empty()) {
             std::fs::read_dir(dir).map_err(|error| {
                 ConfigError::new(
@@ -439,6 +450,24 @@ fn check_ca_file(path: &str) -> Result<(), String> {
     ))
 }
 
+/// `ORDER_PROCESSOR__A____B` or a trailing `__` would be read as some other
+/// key, or none, and leave the default in place without a word.
+fn check_env_keys(names: impl Iterator<Item = std::ffi::OsString>) -> Result<(), ConfigError> {
+    const PREFIX: &str = "ORDER_PROCESSOR__";
+    for name in names {
+        let Some(levels) = name.to_str().and_then(|name| name.strip_prefix(PREFIX)) else {
+            continue;
+        };
+        if levels.split("__").any(str::is_empty) {
+            return Err(ConfigError::new(
+                name.to_string_lossy(),
+                "has an empty level between double underscores",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// An optional URL key: unset or empty means none.
 fn optional_url(
     key: &str,
@@ -470,7 +499,10 @@ fn check_url(name: &str, value: &str, schemes: &[&str]) -> Result<(), ConfigErro
         return Err(invalid());
     }
     match parsed.scheme() {
-        "postgres" | "postgresql" => Ok(()),
+        "postgres" | "postgresql" => value
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .map(drop)
+            .map_err(|_| invalid()),
         "amqp" | "amqps" => value
             .parse::<lapin::uri::AMQPUri>()
             .map(drop)
@@ -492,8 +524,8 @@ mod tests {
     struct FakeEnv(HashMap<&'static str, &'static str>);
 
     impl Environment for FakeEnv {
-        fn var(&self, name: &str) -> Option<String> {
-            self.0.get(name).map(|v| (*v).to_owned())
+        fn var(&self, name: &str) -> Result<Option<String>, ConfigError> {
+            Ok(self.0.get(name).map(|v| (*v).to_owned()))
         }
     }
 
@@ -565,6 +597,25 @@ mod tests {
         }
         let socket = "postgres:///orders?host=/var/run/postgresql";
         assert!(load("", &[("DATABASE_URL", socket)]).is_ok());
+    }
+
+    #[test]
+    fn an_env_key_with_an_empty_level_is_refused() {
+        let names = |list: &[&str]| {
+            list.iter()
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert!(check_env_keys(names(&["ORDER_PROCESSOR__WORKERS__CONCURRENCY", "PATH"])).is_ok());
+        for bad in [
+            "ORDER_PROCESSOR__WORKERS____CONCURRENCY",
+            "ORDER_PROCESSOR____WORKERS__CONCURRENCY",
+            "ORDER_PROCESSOR__WORKERS__CONCURRENCY__",
+        ] {
+            let error = check_env_keys(names(&[bad])).unwrap_err();
+            assert_eq!(error.key, bad);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use clap::error::ErrorKind;
 use order_processor::app;
 use order_processor::cli::{Cli, Command, DlqCommand};
 use order_processor::config::{ConfigError, Settings};
-use order_processor::telemetry::{LogTarget, Telemetry};
+use order_processor::telemetry::{self, LogTarget, Telemetry};
 use order_processor::{dlq, publish};
 
 /// Every order allocates and frees many small buffers on several threads;
@@ -45,10 +45,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Always set, so that tokio never reads TOKIO_WORKER_THREADS itself: it
+    // panics on a value that is not a positive number.
+    let threads = match settings.workers.threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        threads => threads,
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if settings.workers.threads > 0 {
-        runtime.worker_threads(settings.workers.threads);
-    }
+    runtime.worker_threads(threads);
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -102,6 +106,7 @@ fn usage(error: &clap::Error) -> ExitCode {
 async fn execute(cli: Cli, settings: Settings) -> Result<(), Failure> {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
+            telemetry::check("order-processor")?;
             let shown = serde_json::to_string_pretty(&settings).map_err(|error| {
                 Failure::Runtime(format!("could not print the configuration: {error}"))
             })?;

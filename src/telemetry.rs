@@ -57,11 +57,7 @@ impl Telemetry {
     /// Installs the subscriber. `default_service` names the service when
     /// `OTEL_SERVICE_NAME` does not.
     pub fn init(default_service: &'static str, target: LogTarget) -> Result<Self, ConfigError> {
-        let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-        let filter = EnvFilter::try_new(&directives).map_err(|error| ConfigError {
-            key: "RUST_LOG".to_owned(),
-            problem: format!("is not a valid filter ({error})"),
-        })?;
+        let (filter, directives) = log_filter(target)?;
         let sdk_disabled = sdk_disabled();
         let provider = tracer_provider(default_service, sdk_disabled)?;
         let tracer = provider.tracer("order-processor");
@@ -106,6 +102,31 @@ impl Telemetry {
             tracing::warn!(%error, "could not flush the last traces");
         }
     }
+}
+
+/// Checks what [`Telemetry::init`] would refuse (`RUST_LOG`, the OTLP
+/// protocol and endpoint) without installing anything, for `check-config`.
+pub fn check(default_service: &'static str) -> Result<(), ConfigError> {
+    log_filter(LogTarget::Stdout)?;
+    let provider = tracer_provider(default_service, sdk_disabled())?;
+    // Ignored: nothing was recorded, so there is nothing to flush or lose.
+    let _ = provider.shutdown();
+    Ok(())
+}
+
+/// The filter `RUST_LOG` asks for, and its directives.
+fn log_filter(target: LogTarget) -> Result<(EnvFilter, String), ConfigError> {
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| match target {
+        LogTarget::Stdout => "info".to_owned(),
+        // A command's failure is the one line it prints; the AMQP client's
+        // own account of a refused login would come on top.
+        LogTarget::Stderr => "info,lapin=off".to_owned(),
+    });
+    let filter = EnvFilter::try_new(&directives).map_err(|error| ConfigError {
+        key: "RUST_LOG".to_owned(),
+        problem: format!("is not a valid filter ({error})"),
+    })?;
+    Ok((filter, directives))
 }
 
 /// `OTEL_SDK_DISABLED=true`: no span is recorded, nothing is exported.

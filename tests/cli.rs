@@ -13,7 +13,7 @@ mod common;
 use std::process::Command;
 
 use common::TestEnv;
-use common::daemon::{DAEMON, Daemon, PaymentSim, config_dir};
+use common::daemon::{DAEMON, Daemon, PAYMENT_SIM, PaymentSim, config_dir};
 
 fn order_processor(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(DAEMON);
@@ -187,6 +187,109 @@ async fn publish_prints_the_ids_of_confirmed_orders_that_are_processed_under_tho
             stored,
             Some(trace),
             "the row of {id} is in the printed trace"
+        );
+    }
+}
+
+#[test]
+fn check_config_refuses_what_run_would_refuse() {
+    for (key, value, named) in [
+        ("RUST_LOG", "garbage===", "RUST_LOG"),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "bogus",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://app:hunter2@db/orders?sslmode=bogus",
+            "DATABASE_URL",
+        ),
+    ] {
+        let output = order_processor(
+            &["check-config"],
+            &[(key, value), ("OTEL_SDK_DISABLED", "false")],
+        );
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{key}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(named) && !stderr.contains("hunter2"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_secret_that_is_not_utf8_is_named_not_replaced_by_the_default() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let output = Command::new(DAEMON)
+        .env_clear()
+        .env("ORDER_PROCESSOR_CONFIG_DIR", config_dir())
+        .env(
+            "DATABASE_URL",
+            std::ffi::OsStr::from_bytes(b"postgres://u:p\xff@10.9.9.9/db"),
+        )
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr,
+        "invalid configuration: DATABASE_URL is not valid UTF-8\n"
+    );
+}
+
+#[test]
+fn a_bad_tokio_worker_threads_never_panics() {
+    let output = order_processor(&["check-config"], &[("TOKIO_WORKER_THREADS", "abc")]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let sim = Command::new(PAYMENT_SIM)
+        .env_clear()
+        .env("TOKIO_WORKER_THREADS", "0")
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(sim.status.code(), Some(2), "{sim:?}");
+    let stderr = String::from_utf8(sim.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_migrating_a_new_database_at_once_all_succeed() {
+    let env = TestEnv::new().await;
+    let fresh = format!("{}_fresh", env.database);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{fresh}");
+    let migrations: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(DAEMON)
+                .env_clear()
+                .env("ORDER_PROCESSOR_CONFIG_DIR", config_dir())
+                .env("OTEL_SDK_DISABLED", "true")
+                .env("DATABASE_URL", &url)
+                .arg("migrate")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = migrations
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    let drop = format!("DROP DATABASE IF EXISTS \"{fresh}\" WITH (FORCE)");
+    sqlx::query(sqlx::AssertSqlSafe(drop))
+        .execute(&env.db)
+        .await
+        .unwrap();
+    for output in outputs {
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
         );
     }
 }

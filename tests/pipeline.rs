@@ -19,6 +19,7 @@ use common::broker::Broker;
 use common::daemon::{Daemon, PaymentSim};
 use common::payment::{HANG, PaymentStub};
 use common::{TestEnv, free_port, order_json};
+use lapin::types::{AMQPValue, FieldTable};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -433,6 +434,44 @@ async fn a_provider_that_keeps_failing_exhausts_the_attempts_with_spaced_out_del
         );
     }
     assert_eq!(env.order_count().await, 0);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_count_set_by_the_publisher_does_not_cut_the_retries_short() {
+    let env = TestEnv::new().await;
+    let stub = PaymentStub::start(|_, _| 503).await;
+    let _daemon = Daemon::start(
+        &env,
+        &stub.url,
+        &[
+            ("ORDER_PROCESSOR__RETRY__MAX_ATTEMPTS", "3"),
+            ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "100"),
+            ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "200"),
+        ],
+    )
+    .await;
+    let broker = Broker::connect().await;
+    let id = Uuid::new_v4();
+    let mut headers = FieldTable::default();
+    headers.insert("x-attempts".into(), AMQPValue::LongLongInt(9));
+    let properties = Broker::properties(None).with_headers(headers);
+    broker
+        .publish(
+            &env.exchange,
+            &env.routing_key,
+            &order_json(id, "tok_visa"),
+            properties,
+        )
+        .await;
+    env.eventually(WAIT, "the dead letter", || async {
+        broker.depth(&env.dead_letter_queue()).await == 1
+    })
+    .await;
+
+    let dead = broker.get(&env.dead_letter_queue()).await.unwrap();
+    assert_eq!(dead.header("x-attempts").as_deref(), Some("3"));
+    assert_eq!(stub.calls_for(&id.to_string()).len(), 3);
     broker.close().await;
 }
 

@@ -88,10 +88,15 @@ pub async fn migrate(url: &str, pool: &PgPool) -> Result<(), DatabaseError> {
         .map_err(|_| DatabaseError::Timeout)?
         .map_err(DatabaseError::Connect)?;
     if !exists {
-        tokio::time::timeout(ADMIN_TIMEOUT, Postgres::create_database(url))
+        let created = tokio::time::timeout(ADMIN_TIMEOUT, Postgres::create_database(url))
             .await
-            .map_err(|_| DatabaseError::Timeout)?
-            .map_err(DatabaseError::Create)?;
+            .map_err(|_| DatabaseError::Timeout)?;
+        match created {
+            Ok(()) => {}
+            // Another replica (or `migrate`) created it in the meantime.
+            Err(error) if created_meanwhile(&error) => {}
+            Err(error) => return Err(DatabaseError::Create(error)),
+        }
     }
     MIGRATOR.run(pool).await.map_err(DatabaseError::Migrate)
 }
@@ -107,6 +112,17 @@ impl DatabaseError {
             Self::Migrate(sqlx::migrate::MigrateError::Execute(error)) => unreachable(error),
             Self::Migrate(_) | Self::InvalidUrl(_) => false,
         }
+    }
+}
+
+/// `CREATE DATABASE` lost a race: the name exists now (SQLSTATE 42P04), or
+/// the catalogue's unique index refused the second insert (23505).
+fn created_meanwhile(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code == "42P04" || code == "23505"),
+        _ => false,
     }
 }
 

@@ -48,6 +48,15 @@ fn is_ours(meta: &tracing::Metadata<'_>) -> bool {
     meta.target().starts_with("order_processor") && *meta.level() <= tracing::Level::INFO
 }
 
+/// The AMQP client's TRACE lines dump whole frames, the login's password
+/// included: never enabled, whatever `RUST_LOG` asks for.
+fn dumps_frames(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() == tracing::Level::TRACE
+        && ["lapin", "amq_protocol"]
+            .iter()
+            .any(|client| meta.target().starts_with(client))
+}
+
 impl<S> tracing_subscriber::Layer<S> for JsonLogs
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -56,11 +65,14 @@ where
         if is_ours(meta) {
             return Interest::always();
         }
+        if dumps_frames(meta) {
+            return Interest::never();
+        }
         tracing_subscriber::Layer::<S>::register_callsite(&self.filter, meta)
     }
 
     fn enabled(&self, meta: &tracing::Metadata<'_>, ctx: LayerContext<'_, S>) -> bool {
-        is_ours(meta) || self.filter.enabled(meta, ctx)
+        is_ours(meta) || (!dumps_frames(meta) && self.filter.enabled(meta, ctx))
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
@@ -100,7 +112,10 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: LayerContext<'_, S>) {
         let meta = event.metadata();
-        if !self.filter.enabled(meta, ctx.clone()) || !once_for_exporter_errors(meta) {
+        if dumps_frames(meta)
+            || !self.filter.enabled(meta, ctx.clone())
+            || !once_for_exporter_errors(meta)
+        {
             return;
         }
         let mut line = json_line(event, ctx.lookup_current()).to_string();

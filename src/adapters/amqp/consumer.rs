@@ -68,6 +68,8 @@ struct Session<P, R> {
     /// `process <queue>`, the name of every consumer span.
     span_name: Cow<'static, str>,
     queue: StringValue,
+    /// The topology's names, to tell a retry from a fresh message.
+    names: Names,
     metrics: Arc<Metrics>,
     settler: Settler,
     republisher: Republisher,
@@ -158,6 +160,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             tracer: self.tracer.clone(),
             span_name: Cow::Owned(format!("process {}", settings.names.queue)),
             queue: StringValue::from(Arc::<str>::from(settings.names.queue.as_str())),
+            names: settings.names.clone(),
             metrics: Arc::clone(&self.metrics),
             settler,
             republisher: Republisher::new(publishing.clone(), settings.names.clone()),

@@ -5,6 +5,8 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use opentelemetry::propagation::{Extractor, Injector};
 
+use super::topology::Names;
+
 pub const ATTEMPTS: &str = "x-attempts";
 pub const ERROR_KIND: &str = "x-error-kind";
 pub const ERROR_REASON: &str = "x-error-reason";
@@ -40,11 +42,19 @@ impl Injector for HeaderInjector<'_> {
 
 /// The attempt this delivery is: one more than the attempts recorded when
 /// it was last sent for a retry, 1 for a fresh message.
-pub fn attempt(properties: &BasicProperties) -> u32 {
-    let recorded = properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get(ATTEMPTS))
+///
+/// The count is believed only when the broker says the message has just
+/// come back from the retry queue of that very attempt (`x-death`, newest
+/// first, names `{queue}.retry.{n}`). A publisher's own `x-attempts`, or a
+/// dead letter moved back by hand (a shovel, the management UI), starts
+/// over at 1 instead of getting fewer attempts than `MAX_ATTEMPTS`.
+pub fn attempt(properties: &BasicProperties, names: &Names) -> u32 {
+    let Some(headers) = properties.headers().as_ref() else {
+        return 1;
+    };
+    let recorded = headers
+        .inner()
+        .get(ATTEMPTS)
         .and_then(|value| match value {
             AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
             AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
@@ -55,8 +65,24 @@ pub fn attempt(properties: &BasicProperties) -> u32 {
             AMQPValue::ShortShortUInt(n) => Some(u32::from(*n)),
             _ => None,
         })
+        .filter(|&n| last_death_queue(headers).is_some_and(|queue| queue == names.retry_queue(n)))
         .unwrap_or(0);
     recorded.saturating_add(1)
+}
+
+/// The queue the broker last dead-lettered the message from.
+fn last_death_queue(headers: &FieldTable) -> Option<&str> {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match newest.inner().get("queue")? {
+        AMQPValue::LongString(queue) => std::str::from_utf8(queue.as_bytes()).ok(),
+        AMQPValue::ShortString(queue) => Some(queue.as_str()),
+        _ => None,
+    }
 }
 
 /// The properties without `expiration`, everything else as it was. A copy
@@ -147,14 +173,51 @@ mod tests {
         assert_eq!(copy, all);
     }
 
+    fn names() -> Names {
+        Names {
+            exchange: "orders".into(),
+            routing_key: "order.created".into(),
+            queue: "orders.process".into(),
+        }
+    }
+
+    /// Headers as the broker leaves them on a message that expired from
+    /// `queue` (newest death first).
+    fn died_in(queue: &str, attempts: i64) -> BasicProperties {
+        let mut death = FieldTable::default();
+        death.insert("queue".into(), text(queue));
+        death.insert("reason".into(), text("expired"));
+        let deaths = AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into());
+        with_headers(
+            &BasicProperties::default(),
+            &[
+                ("x-death", deaths),
+                (ATTEMPTS, AMQPValue::LongLongInt(attempts)),
+            ],
+        )
+    }
+
     #[test]
     fn a_fresh_message_is_attempt_one_and_a_retried_one_counts_on() {
-        let fresh = BasicProperties::default();
-        assert_eq!(attempt(&fresh), 1);
-        let retried = with_headers(&fresh, &[(ATTEMPTS, AMQPValue::LongLongInt(3))]);
-        assert_eq!(attempt(&retried), 4);
-        let hostile = with_headers(&fresh, &[(ATTEMPTS, AMQPValue::LongLongInt(-7))]);
-        assert_eq!(attempt(&hostile), 1);
+        let names = names();
+        assert_eq!(attempt(&BasicProperties::default(), &names), 1);
+        assert_eq!(attempt(&died_in("orders.process.retry.3", 3), &names), 4);
+        let hostile = died_in("orders.process.retry.3", -7);
+        assert_eq!(attempt(&hostile, &names), 1);
+    }
+
+    #[test]
+    fn an_attempt_count_the_broker_does_not_vouch_for_starts_over() {
+        let names = names();
+        let published = with_headers(
+            &BasicProperties::default(),
+            &[(ATTEMPTS, AMQPValue::LongLongInt(9))],
+        );
+        assert_eq!(attempt(&published, &names), 1);
+        // A dead letter moved back by hand: it last died in retry queue 4,
+        // and was then dead-lettered by the daemon as attempt 5.
+        assert_eq!(attempt(&died_in("orders.process.retry.4", 5), &names), 1);
+        assert_eq!(attempt(&died_in("other.retry.3", 3), &names), 1);
     }
 
     #[test]

@@ -124,8 +124,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err),
     };
+    let threads = match worker_threads() {
+        Ok(threads) => threads,
+        Err(line) => {
+            stderr_line(&line);
+            return ExitCode::from(2);
+        }
+    };
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
     {
@@ -136,6 +144,22 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
+}
+
+/// `TOKIO_WORKER_THREADS`, or one thread per core. Read here rather than by
+/// tokio, which panics on a value that is not a positive number.
+fn worker_threads() -> Result<usize, String> {
+    const MAX: usize = 1024;
+    let Some(value) = std::env::var_os("TOKIO_WORKER_THREADS") else {
+        return Ok(std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    };
+    value
+        .to_str()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .filter(|n| (1..=MAX).contains(n))
+        .ok_or_else(|| {
+            format!("payment-sim: TOKIO_WORKER_THREADS must be a number from 1 to {MAX}")
+        })
 }
 
 /// `--help`/`--version` go to stdout with exit 0; any other clap error becomes exactly
