@@ -1,5 +1,6 @@
-//! Publishing orders with confirms, the ack-only consumer that measures the
-//! broker's own limit, and the end-of-run check that nothing was lost.
+//! Publishing orders with confirms, the ack-only consumers that measure what
+//! the broker delivers and settles without any work per message, and the
+//! end-of-run check that nothing was lost.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -113,14 +114,26 @@ impl Publisher {
     }
 }
 
-/// Drains `n` messages with a consumer that only acknowledges: the most the
-/// broker can deliver and settle here, the ceiling for any consumer.
+/// How the ack-only consumer acknowledges.
+#[derive(Clone, Copy)]
+pub enum AckMode {
+    /// Each delivery acknowledged alone, the ack awaited before the next
+    /// delivery is taken: the null consumer a team writes by hand.
+    EachAwaited,
+    /// Each delivery acknowledged alone, without waiting for the ack's
+    /// write before taking the next: the broker's own limit for single acks.
+    EachPipelined,
+    /// One `multiple` ack every [`MULTIPLE_EVERY`] deliveries.
+    Multiple,
+}
+
+/// Drains `n` messages with a consumer that only acknowledges.
 pub async fn ack_only(
     connection: &Connection,
     queue: &str,
     n: usize,
     prefetch: u16,
-    multiple: bool,
+    mode: AckMode,
 ) -> Res<AckOnly> {
     let channel = connection
         .create_channel()
@@ -142,14 +155,21 @@ pub async fn ack_only(
         let delivery = delivery
             .ok_or("the consumer was cancelled")?
             .context("delivery")?;
-        if !multiple {
-            // Sent now, completed later: awaiting each ack's write in turn
-            // would make the client the limit instead of the broker.
-            let acker = delivery.acker;
-            acks.push(async move { acker.ack(BasicAckOptions { multiple: false }).await });
-        } else if received % MULTIPLE_EVERY == 0 || received == n {
-            let ack = channel.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true });
-            ack.await.context("basic.ack")?;
+        match mode {
+            AckMode::EachAwaited => {
+                let ack = delivery.ack(BasicAckOptions { multiple: false });
+                ack.await.context("basic.ack")?;
+            }
+            AckMode::EachPipelined => {
+                let acker = delivery.acker;
+                acks.push(async move { acker.ack(BasicAckOptions { multiple: false }).await });
+            }
+            AckMode::Multiple if received % MULTIPLE_EVERY == 0 || received == n => {
+                let ack =
+                    channel.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true });
+                ack.await.context("basic.ack")?;
+            }
+            AckMode::Multiple => {}
         }
         while let Some(Some(done)) = acks.next().now_or_never() {
             done.context("basic.ack")?;

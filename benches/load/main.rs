@@ -2,9 +2,13 @@
 //! PostgreSQL and `payment-sim` of this machine.
 //!
 //! A throughput means little on its own on a shared machine, so one run
-//! measures, with the same ~500-byte orders: (1) the broker's own limit, a
-//! quorum queue drained by a consumer that only acknowledges, with the
-//! daemon's prefetch (each message, then `multiple` every 64); (2) the daemon
+//! measures, with the same ~500-byte orders: (1) what a consumer without
+//! any work per message reaches: a quorum queue drained by consumers that
+//! only acknowledge, with the daemon's prefetch: each ack awaited before
+//! the next delivery (the null consumer the throughput target is set
+//! against, run just before and just after the daemon's drain), each ack
+//! sent without waiting for the one before (the broker's own limit for
+//! single acks), and `multiple` every 64; (2) the daemon
 //! draining a pre-filled queue of N orders, with the CPU each process spent
 //! per order, the daemon's own time per order and PostgreSQL's sequential
 //! scans; (3) the sustained rate: orders published at the drain rate while
@@ -43,7 +47,7 @@ use lapin::{Connection, ConnectionProperties};
 use order_processor::adapters::amqp::topology;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::broker::{Publisher, ack_only, check};
+use crate::broker::{AckMode, Publisher, ack_only, check};
 use crate::measure::measure_latency;
 use crate::report::Report;
 use crate::world::{World, create_database};
@@ -128,18 +132,19 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let ackonly = world.ackonly.as_str();
+    let ackonly = world.ackonly.clone();
+    let ackonly = ackonly.as_str();
     admin
         .queue_declare(ackonly.into(), durable, quorum)
         .await
         .context("declare the ack-only queue")?;
     let mut direct = Publisher::open(&broker, "", ackonly).await?;
-    direct.fill(n).await?;
-    // The daemon's prefetch, so that both consumers get the same window.
+    // The daemon's prefetch, so that every consumer gets the same window.
     let prefetch = u16::try_from(config.prefetch).context("prefetch")?;
-    let ack_each = ack_only(&broker, ackonly, n, prefetch, false).await?;
     direct.fill(n).await?;
-    let ack_multiple = ack_only(&broker, ackonly, n, prefetch, true).await?;
+    let ack_each = ack_only(&broker, ackonly, n, prefetch, AckMode::EachPipelined).await?;
+    direct.fill(n).await?;
+    let ack_multiple = ack_only(&broker, ackonly, n, prefetch, AckMode::Multiple).await?;
 
     eprintln!("[load] daemon: {n} orders through {}", world.names.queue);
     // The daemon's own declaration, so its declare at start changes nothing.
@@ -148,8 +153,15 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
         .context("declare the daemon's topology")?;
     let mut orders = Publisher::open(&broker, &world.names.exchange, ROUTING_KEY).await?;
     orders.fill(n).await?;
+    // The reference the daemon is compared with runs just before and just
+    // after it, on queues filled beforehand: a shared machine's speed drifts
+    // within minutes, and the two figures show by how much.
+    direct.fill(2 * n).await?;
+    let awaited = AckMode::EachAwaited;
+    let ack_before = ack_only(&broker, ackonly, n, prefetch, awaited).await?;
     let daemon = world.start_daemon(&payment_url)?;
     let drain = world.drain(&daemon, n).await?;
+    let ack_after = ack_only(&broker, ackonly, n, prefetch, awaited).await?;
 
     let db = PgPoolOptions::new()
         .max_connections(1)
@@ -206,6 +218,7 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
         n,
         message_bytes,
         config,
+        ack_awaited: [ack_before, ack_after],
         ack_each,
         ack_multiple,
         drain,
