@@ -15,10 +15,11 @@
 //! OpenTelemetry layer cost about four times as much CPU per span. An
 //! order's OpenTelemetry [`Context`] is current while its future is polled
 //! (`FutureExt::with_context`); it carries the [`OrderTracer`], so the use
-//! case and the adapters open child spans with [`child_span`] without
-//! holding a tracer, and the log layer takes each line's ids from it.
+//! case and the adapters open the order's steps ([`Step`]) without holding
+//! a tracer, and the log layer takes each line's ids from it.
 
 mod logs;
+mod step;
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use self::logs::JsonLogs;
+pub use self::step::Step;
 use crate::config::ConfigError;
 
 /// Where log lines go: stdout for the daemon, stderr for commands whose
@@ -222,6 +224,15 @@ impl OrderTracer {
                 .with_remote_span_context(ids_under(parent)),
         }
     }
+
+    /// A span under `parent`'s span, in a context that keeps `parent`'s
+    /// values.
+    fn child(&self, span: impl FnOnce() -> SpanBuilder, parent: &Context) -> Context {
+        match &self.0 {
+            Spans::Recorded(tracer) => parent.with_span(span().start_with_context(tracer, parent)),
+            Spans::IdsOnly => parent.with_remote_span_context(ids_under(parent)),
+        }
+    }
 }
 
 /// A new span's ids under `parent`'s span, or in a new trace (unsampled)
@@ -247,25 +258,6 @@ fn ids_under(parent: &Context) -> SpanContext {
             TraceState::default(),
         )
     }
-}
-
-/// A child of the current order's span, as a context to run its work in.
-/// The span ends when the last clone of the context is dropped. Outside an
-/// order (no [`OrderTracer`] in the current context: unit tests,
-/// benchmarks) no span is made and the current context is returned.
-pub fn child_span(name: &'static str, span: impl FnOnce(SpanBuilder) -> SpanBuilder) -> Context {
-    Context::map_current(|current| match current.get::<InOrder>() {
-        Some(order) => order
-            .tracer
-            .start(|| span(SpanBuilder::from_name(name)), name, current),
-        None => current.clone(),
-    })
-}
-
-/// Runs `work` inside a child span of the current order's span.
-pub fn in_child_span<T>(name: &'static str, work: impl FnOnce() -> T) -> T {
-    let _attached = child_span(name, |span| span).attach();
-    work()
 }
 
 /// Writes `context`'s span into a carrier (`traceparent`, `tracestate`).
@@ -343,11 +335,12 @@ mod tests {
             "process",
             &parent,
         );
-        let child = {
+        let step = {
             let _current = order.clone().attach();
-            child_span("charge", |_| panic!("nor for a child span"))
+            Step::start("charge", |_| panic!("nor for a step"))
         };
-        for (context, name) in [(&order, "process"), (&child, "charge")] {
+        let child = step.context();
+        for context in [&order, child] {
             let ids = ids_of(context);
             assert!(!context.span().is_recording());
             assert_eq!(ids.trace_id(), ids_of(&parent).trace_id());
@@ -357,9 +350,13 @@ mod tests {
             );
             assert_ne!(ids.span_id(), ids_of(&parent).span_id());
             assert!(ids.is_valid());
-            assert_eq!(context.get::<InOrder>().map(|o| o.span_name), Some(name));
+            assert_eq!(
+                context.get::<InOrder>().map(|o| o.span_name),
+                Some("process"),
+                "a step keeps the order's values"
+            );
         }
-        assert_ne!(ids_of(&order).span_id(), ids_of(&child).span_id());
+        assert_ne!(ids_of(&order).span_id(), ids_of(child).span_id());
     }
 
     #[test]

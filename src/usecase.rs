@@ -87,7 +87,8 @@ impl<P: PaymentProvider, R: OrderRepository> ProcessOrder<P, R> {
         body: &[u8],
         trace_id: Option<String>,
     ) -> Result<Processed, ProcessError> {
-        let order = telemetry::in_child_span("validate", || Order::parse(body))?;
+        let order =
+            telemetry::Step::start("validate", |span| span).run_now(|| Order::parse(body))?;
         // The caller's span (one per delivery) carries the order's id.
         opentelemetry::Context::map_current(|order_context| {
             let id = KeyValue::new("order.id", order.id().to_string());

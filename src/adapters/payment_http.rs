@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue, StringValue};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -198,7 +197,7 @@ impl HttpPaymentProvider {
 
 impl PaymentProvider for HttpPaymentProvider {
     async fn charge(&self, order: &Order) -> Result<ChargeId, PaymentError> {
-        let span = telemetry::child_span("charge", |span| {
+        let step = telemetry::Step::start("charge", |span| {
             // Room for the status code and the error type set later.
             let mut attributes = Vec::with_capacity(5);
             attributes.extend([
@@ -210,11 +209,12 @@ impl PaymentProvider for HttpPaymentProvider {
         });
         // Current while the request runs, so that the client's own log
         // lines (a refused certificate) carry the charge span.
-        let result = self.post(order, &span).with_context(span.clone()).await;
+        let result = step.run(self.post(order, step.context())).await;
         if let Err(error) = &result {
             let kind = error_type(error);
-            span.span().set_attribute(KeyValue::new("error.type", kind));
-            span.span().set_status(Status::error(kind));
+            let span = step.context().span();
+            span.set_attribute(KeyValue::new("error.type", kind));
+            span.set_status(Status::error(kind));
         }
         result
     }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{SpanBuilder, SpanKind};
 use sqlx::ConnectOptions as _;
 use sqlx::Postgres;
@@ -198,17 +197,17 @@ impl PostgresOrders {
 
 impl OrderRepository for PostgresOrders {
     async fn is_processed(&self, id: OrderId) -> Result<bool, RepositoryError> {
-        let span = telemetry::child_span("lookup", |span| {
+        let step = telemetry::Step::start("lookup", |span| {
             client_span(span, "SELECT", "SELECT orders")
         });
-        let answer = self.lookups.call(id.as_uuid()).with_context(span).await;
+        let answer = step.run(self.lookups.call(id.as_uuid())).await;
         flatten(answer)
     }
 
     async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
-        let span =
-            telemetry::child_span("save", |span| client_span(span, "INSERT", "INSERT orders"));
-        let answer = self.saves.call(order).with_context(span).await;
+        let step =
+            telemetry::Step::start("save", |span| client_span(span, "INSERT", "INSERT orders"));
+        let answer = step.run(self.saves.call(order)).await;
         flatten(answer)
     }
 }

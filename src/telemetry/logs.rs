@@ -151,7 +151,8 @@ where
     event.record(&mut JsonFields(&mut line));
     let in_order = Context::map_current(|current| {
         let order = current.get::<InOrder>()?;
-        Some((order.span_name, current.clone()))
+        let name = super::step::current_name().unwrap_or(order.span_name);
+        Some((name, current.clone()))
     });
     let (name, context) = match (in_order, span) {
         // Inside an order: its spans are not tracing spans.
