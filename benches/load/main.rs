@@ -132,8 +132,8 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let ackonly = world.ackonly.clone();
-    let ackonly = ackonly.as_str();
+    // Owned: `world` is borrowed mutably to start the daemon meanwhile.
+    let ackonly = &*world.ackonly.clone();
     admin
         .queue_declare(ackonly.into(), durable, quorum)
         .await
