@@ -116,7 +116,12 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     ));
 
     let batch_workers = TaskTracker::new();
-    let orders = PostgresOrders::new(pool.clone(), &batch_workers, concurrency);
+    let orders = PostgresOrders::new(
+        pool.clone(),
+        &batch_workers,
+        concurrency,
+        Arc::clone(&metrics),
+    );
     let usecase = Arc::new(ProcessOrder::new(payments, orders));
     let consumer = AmqpConsumer::new(
         ConsumerSettings {

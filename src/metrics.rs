@@ -50,6 +50,42 @@ struct PaymentLabels {
     status_class: &'static str,
 }
 
+/// The database's two questions (the `statement` label), each answered by
+/// one statement per batch of orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statement {
+    /// "Already processed?"
+    Lookup,
+    /// "Save this."
+    Save,
+}
+
+impl Statement {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Lookup => "lookup",
+            Self::Save => "save",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatementLabels {
+    statement: &'static str,
+}
+
+/// The series of one statement, resolved once so that recording takes no
+/// family lock.
+struct StatementSeries {
+    /// What each order waited for its answer: its batch forming, then the
+    /// statement.
+    wait: Histogram,
+    /// How long each batch statement took.
+    duration: Histogram,
+    /// How many orders each batch statement answered.
+    orders: Histogram,
+}
+
 pub struct Metrics {
     registry: Registry,
     deliveries: Family<DeliveryLabels, Counter>,
@@ -61,6 +97,8 @@ pub struct Metrics {
     ack_frames: (Counter, Counter),
     payment_requests: Family<PaymentLabels, Histogram>,
     payment_waiting: Gauge<i64, AtomicI64>,
+    /// (lookup, save).
+    database: (StatementSeries, StatementSeries),
 }
 
 /// Counts one order among those waiting for a turn to charge, until dropped.
@@ -75,6 +113,11 @@ impl Drop for PaymentWait<'_> {
 fn latency_buckets() -> impl Iterator<Item = f64> {
     // 0.5 ms … ~33 s: from a local payment provider to a slow one near its timeout.
     exponential_buckets(0.0005, 2.0, 17)
+}
+
+fn batch_buckets() -> impl Iterator<Item = f64> {
+    // 1 … 1024 orders: a batch takes at most 1000.
+    exponential_buckets(1.0, 2.0, 11)
 }
 
 impl Metrics {
@@ -94,6 +137,7 @@ impl Metrics {
             Histogram::new(latency_buckets())
         });
         let payment_waiting = Gauge::<i64, AtomicI64>::default();
+        let database = database_series(&mut registry);
         registry.register(
             "order_processor_deliveries",
             "Deliveries settled, by outcome and error kind",
@@ -138,6 +182,7 @@ impl Metrics {
             ack_frames,
             payment_requests,
             payment_waiting,
+            database,
         }
     }
 
@@ -180,12 +225,73 @@ impl Metrics {
         PaymentWait(&self.payment_waiting)
     }
 
+    /// An order got the answer to its database question after `took`.
+    pub fn database_wait(&self, statement: Statement, took: Duration) {
+        self.statement(statement).wait.observe(took.as_secs_f64());
+    }
+
+    /// One batch statement answered `orders` orders in `took`.
+    pub fn database_batch(&self, statement: Statement, orders: usize, took: Duration) {
+        let series = self.statement(statement);
+        series.duration.observe(took.as_secs_f64());
+        // Exact for any batch size (at most 1000).
+        series.orders.observe(orders as f64);
+    }
+
+    fn statement(&self, statement: Statement) -> &StatementSeries {
+        match statement {
+            Statement::Lookup => &self.database.0,
+            Statement::Save => &self.database.1,
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
+}
+
+/// Registers the three database histograms and resolves the series of
+/// both statements.
+fn database_series(registry: &mut Registry) -> (StatementSeries, StatementSeries) {
+    let wait = Family::<StatementLabels, Histogram>::new_with_constructor(|| {
+        Histogram::new(latency_buckets())
+    });
+    let duration = Family::<StatementLabels, Histogram>::new_with_constructor(|| {
+        Histogram::new(latency_buckets())
+    });
+    let orders = Family::<StatementLabels, Histogram>::new_with_constructor(|| {
+        Histogram::new(batch_buckets())
+    });
+    let series = |statement: Statement| {
+        let labels = StatementLabels {
+            statement: statement.as_str(),
+        };
+        StatementSeries {
+            wait: wait.get_or_create_owned(&labels),
+            duration: duration.get_or_create_owned(&labels),
+            orders: orders.get_or_create_owned(&labels),
+        }
+    };
+    let both = (series(Statement::Lookup), series(Statement::Save));
+    registry.register(
+        "order_processor_database_wait_seconds",
+        "Time an order waits for the answer to its database question: its batch forming, then the statement",
+        wait,
+    );
+    registry.register(
+        "order_processor_database_statement_seconds",
+        "Duration of each batch statement",
+        duration,
+    );
+    registry.register(
+        "order_processor_database_batch_orders",
+        "Orders answered by each batch statement",
+        orders,
+    );
+    both
 }
 
 impl Default for Metrics {
@@ -219,5 +325,25 @@ mod tests {
             fresh.contains("\norder_processor_amqp_ack_frames_total{multiple=\"false\"} 0\n"),
             "{fresh}"
         );
+    }
+
+    #[test]
+    fn each_statement_has_its_own_database_series_from_the_start() {
+        let metrics = Metrics::new();
+        metrics.database_batch(Statement::Save, 3, Duration::from_millis(4));
+        metrics.database_batch(Statement::Save, 5, Duration::from_millis(6));
+        metrics.database_wait(Statement::Save, Duration::from_millis(7));
+        let text = metrics.encode().unwrap();
+        for line in [
+            "order_processor_database_batch_orders_sum{statement=\"save\"} 8.0",
+            "order_processor_database_batch_orders_count{statement=\"save\"} 2",
+            "order_processor_database_batch_orders_bucket{le=\"4.0\",statement=\"save\"} 1",
+            "order_processor_database_statement_seconds_count{statement=\"save\"} 2",
+            "order_processor_database_wait_seconds_count{statement=\"save\"} 1",
+            "order_processor_database_wait_seconds_count{statement=\"lookup\"} 0",
+            "order_processor_database_batch_orders_count{statement=\"lookup\"} 0",
+        ] {
+            assert!(text.contains(&format!("\n{line}\n")), "{line} in\n{text}");
+        }
     }
 }

@@ -356,6 +356,28 @@ async fn the_metrics_count_what_was_published() {
         value(&scrape, "order_processor_processing_seconds", &[]),
         8.0
     );
+    // Six valid orders asked whether they were processed, the five charged
+    // were saved; the two malformed ones never reached the database. Each
+    // statement's batches answered all of them, in one batch or several.
+    for (statement, orders) in [("lookup", 6.0), ("save", 5.0)] {
+        let labels = [("statement", statement)];
+        let waits = value(&scrape, "order_processor_database_wait_seconds", &labels);
+        assert_eq!(waits, orders, "{statement}");
+        let answered = value(
+            &scrape,
+            "order_processor_database_batch_orders_sum",
+            &labels,
+        );
+        assert_eq!(answered, orders, "{statement}");
+        let batches = value(&scrape, "order_processor_database_batch_orders", &labels);
+        let statements = value(
+            &scrape,
+            "order_processor_database_statement_seconds",
+            &labels,
+        );
+        assert!((1.0..=orders).contains(&batches), "{statement}: {batches}");
+        assert_eq!(statements, batches, "{statement}");
+    }
 
     assert_eq!(daemon.status("/healthz").await, Some(200));
     assert_eq!(daemon.status("/readyz").await, Some(200));

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::broker::{Publisher, order};
-use crate::report::{AckFrames, Latency};
+use crate::report::{AckFrames, Breakdown, Latency};
 use crate::world::{Daemon, Scrape, poll_until};
 use crate::{Context as _, POLL, Phase, Res};
 
@@ -56,10 +56,7 @@ pub async fn measure_latency(
         Ok(after.acked >= expected)
     };
     poll_until(Duration::from_secs(30), POLL, all_acked).await?;
-    let acked = (after.acked - before.acked).max(1.0);
-    let daemon_ms = (after.processing_seconds - before.processing_seconds) * 1e3 / acked;
-    let payments = (after.payments - before.payments).max(1.0);
-    let payment_ms = (after.payment_seconds - before.payment_seconds) * 1e3 / payments;
+    let time = Breakdown::between(&before, &after);
     let ack_frames = AckFrames::per_order(before.ack_frames, after.ack_frames, sent);
 
     let ids: Vec<Uuid> = published.keys().copied().collect();
@@ -99,8 +96,7 @@ pub async fn measure_latency(
         max,
         missing,
         windows,
-        daemon_ms,
-        payment_ms,
+        time,
         ack_frames,
         busy,
         cpu,

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use crate::measure::{Cpu, SLOW_WINDOW_MS, Windows};
-use crate::world::{DaemonConfig, threads};
+use crate::world::{DaemonConfig, Scrape, StatementScrape, threads};
 
 pub struct AckOnly {
     pub rate: f64,
@@ -13,9 +13,74 @@ pub struct AckOnly {
 pub struct Drain {
     pub rate: f64,
     pub cpu: Cpu,
-    pub processing_ms: f64,
-    pub payment_ms: f64,
+    pub time: Breakdown,
     pub ack_frames: AckFrames,
+}
+
+/// Where an order's time in the daemon went, on average over the orders
+/// settled between two scrapes, from the daemon's own histograms.
+pub struct Breakdown {
+    /// From delivery to settlement.
+    pub processing_ms: f64,
+    /// Its lookup and its save: the wait for the answer (batch forming,
+    /// then the statement), and each batch statement's size and duration.
+    pub lookup: StatementTime,
+    pub save: StatementTime,
+    /// The HTTP request of its charge.
+    pub payment_ms: f64,
+}
+
+pub struct StatementTime {
+    pub wait_ms: f64,
+    pub batch_orders: f64,
+    pub statement_ms: f64,
+}
+
+impl StatementTime {
+    fn between(before: &StatementScrape, after: &StatementScrape) -> Self {
+        let statements = (after.statements - before.statements).max(1.0);
+        Self {
+            wait_ms: (after.wait_seconds - before.wait_seconds) * 1e3
+                / (after.waits - before.waits).max(1.0),
+            batch_orders: (after.orders - before.orders) / statements,
+            statement_ms: (after.statement_seconds - before.statement_seconds) * 1e3 / statements,
+        }
+    }
+}
+
+impl Breakdown {
+    pub fn between(before: &Scrape, after: &Scrape) -> Self {
+        let acked = (after.acked - before.acked).max(1.0);
+        let payments = (after.payments - before.payments).max(1.0);
+        Self {
+            processing_ms: (after.processing_seconds - before.processing_seconds) * 1e3 / acked,
+            lookup: StatementTime::between(&before.lookup, &after.lookup),
+            save: StatementTime::between(&before.save, &after.save),
+            payment_ms: (after.payment_seconds - before.payment_seconds) * 1e3 / payments,
+        }
+    }
+}
+
+impl std::fmt::Display for Breakdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (lookup, save) = (&self.lookup, &self.save);
+        let rest = self.processing_ms - lookup.wait_ms - self.payment_ms - save.wait_ms;
+        write!(
+            f,
+            "in the daemon {:.1} ms per order from delivery to settlement: lookup {:.1} ms, \
+             payment call {:.1} ms, save {:.1} ms, the rest {:.1} ms; statements: lookup batches \
+             of {:.0} in {:.1} ms, save batches of {:.0} in {:.1} ms",
+            self.processing_ms,
+            lookup.wait_ms,
+            self.payment_ms,
+            save.wait_ms,
+            rest.max(0.0),
+            lookup.batch_orders,
+            lookup.statement_ms,
+            save.batch_orders,
+            save.statement_ms,
+        )
+    }
 }
 
 /// `basic.ack` frames the daemon sent per 100 orders.
@@ -59,10 +124,8 @@ pub struct Latency {
     pub missing: usize,
     /// The p99 of each quarter second of publishing.
     pub windows: Windows,
-    /// The daemon's mean time from delivery to settlement in this phase.
-    pub daemon_ms: f64,
-    /// The mean time of a payment call in this phase.
-    pub payment_ms: f64,
+    /// Where an order's time in the daemon went in this phase.
+    pub time: Breakdown,
     pub ack_frames: AckFrames,
     /// How busy the machine's cores were while publishing.
     pub busy: f64,
@@ -166,10 +229,7 @@ impl Report {
             parts.iter().sum::<f64>(),
             cores as f64 * 1e6 / d.rate
         );
-        println!(
-            "daemon time per order: {:.1} ms from delivery to settlement, of which payment call {:.1} ms; {}",
-            d.processing_ms, d.payment_ms, d.ack_frames
-        );
+        println!("{}; {}", d.time, d.ack_frames);
         let (scans, rows) = self.seq_scans;
         println!(
             "PostgreSQL, whole run: {} sequential scans of orders read {} rows ({:.0} per order saved)",
@@ -192,19 +252,17 @@ impl Report {
         for l in &self.latency {
             println!(
                 "publish→commit at {} ({}/s, CPU {:.0} % busy): p50 {:.1} ms, p99 {:.1} ms, \
-                 max {:.1} ms (in the daemon {:.1} ms on average, payment call {:.1} ms); \
-                 {} of {} not saved after 30 s",
+                 max {:.1} ms; {} of {} not saved after 30 s",
                 l.label,
                 grouped(l.rate),
                 l.busy * 100.0,
                 l.p50,
                 l.p99,
                 l.max,
-                l.daemon_ms,
-                l.payment_ms,
                 l.missing,
                 grouped(l.sent as f64)
             );
+            println!("    {}", l.time);
             let w = &l.windows;
             println!(
                 "    p99 of each quarter second: median {:.1} ms, above {SLOW_WINDOW_MS:.0} ms in {} of {} \

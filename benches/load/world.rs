@@ -12,7 +12,7 @@ use order_processor::adapters::amqp::Names;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::measure::Cpu;
-use crate::report::{AckFrames, Drain};
+use crate::report::{AckFrames, Breakdown, Drain};
 use crate::{AMQP_URL, Context as _, POLL, POSTGRES, ROUTING_KEY, Res};
 
 /// Everything one run creates, so that all of it can be removed.
@@ -215,8 +215,7 @@ impl World {
         Ok(Drain {
             rate: n as f64 / started.elapsed().as_secs_f64(),
             cpu: Cpu::sample(pids.0, pids.1).since(cpu),
-            processing_ms: last.processing_seconds * 1000.0 / last.acked,
-            payment_ms: last.payment_seconds * 1000.0 / last.payments.max(1.0),
+            time: Breakdown::between(&Scrape::default(), &last),
             ack_frames: AckFrames::per_order(Scrape::default().ack_frames, last.ack_frames, n),
         })
     }
@@ -306,6 +305,36 @@ pub struct Scrape {
     pub processing_seconds: f64,
     pub payment_seconds: f64,
     pub payments: f64,
+    pub lookup: StatementScrape,
+    pub save: StatementScrape,
+}
+
+/// The database histograms of one statement (sums and counts).
+#[derive(Default, Clone, Copy)]
+pub struct StatementScrape {
+    /// What the orders waited for their answers, and how many did.
+    pub wait_seconds: f64,
+    pub waits: f64,
+    /// What the batch statements took, and how many ran.
+    pub statement_seconds: f64,
+    pub statements: f64,
+    /// The orders those statements answered.
+    pub orders: f64,
+}
+
+impl StatementScrape {
+    /// Reads one sample of `statement`'s series into this.
+    fn read(&mut self, metric: &str, value: f64) {
+        let field = match metric {
+            "order_processor_database_wait_seconds_sum" => &mut self.wait_seconds,
+            "order_processor_database_wait_seconds_count" => &mut self.waits,
+            "order_processor_database_statement_seconds_sum" => &mut self.statement_seconds,
+            "order_processor_database_statement_seconds_count" => &mut self.statements,
+            "order_processor_database_batch_orders_sum" => &mut self.orders,
+            _ => return,
+        };
+        *field += value;
+    }
 }
 
 impl Daemon {
@@ -337,6 +366,10 @@ impl Daemon {
                 scrape.payment_seconds += value;
             } else if key.starts_with("order_processor_payment_request_seconds_count") {
                 scrape.payments += value;
+            } else if let Some(metric) = key.strip_suffix("{statement=\"lookup\"}") {
+                scrape.lookup.read(metric, value);
+            } else if let Some(metric) = key.strip_suffix("{statement=\"save\"}") {
+                scrape.save.read(metric, value);
             }
         }
         Ok(scrape)

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanBuilder, SpanKind};
@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::batch::{BatchLimits, Batcher};
 use crate::domain::{OrderId, OrderRepository, ProcessedOrder, RepositoryError};
+use crate::metrics::{Metrics, Statement};
 use crate::telemetry;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -170,12 +171,18 @@ type Shared<T> = Result<T, Arc<sqlx::Error>>;
 pub struct PostgresOrders {
     lookups: Batcher<Uuid, Shared<bool>>,
     saves: Batcher<ProcessedOrder, Shared<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl PostgresOrders {
     /// Starts the batch workers on `tracker`; they stop once this value
     /// (and every clone of its handles) is dropped.
-    pub fn new(pool: PgPool, tracker: &TaskTracker, max_waiting: usize) -> Self {
+    pub fn new(
+        pool: PgPool,
+        tracker: &TaskTracker,
+        max_waiting: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let limits = BatchLimits {
             queue: max_waiting,
             max_batch: MAX_BATCH,
@@ -183,16 +190,39 @@ impl PostgresOrders {
             linger: BATCH_LINGER,
         };
         let lookup_pool = pool.clone();
+        let lookup_metrics = Arc::clone(&metrics);
         let lookups = Batcher::spawn(limits, tracker, move |ids: Vec<Uuid>| {
-            let pool = lookup_pool.clone();
-            async move { lookup_batch(&pool, ids).await }
+            let (pool, metrics) = (lookup_pool.clone(), Arc::clone(&lookup_metrics));
+            timed(metrics, Statement::Lookup, ids, async move |ids| {
+                lookup_batch(&pool, ids).await
+            })
         });
+        let save_metrics = Arc::clone(&metrics);
         let saves = Batcher::spawn(limits, tracker, move |orders: Vec<ProcessedOrder>| {
-            let pool = pool.clone();
-            async move { save_batch(&pool, orders).await }
+            let (pool, metrics) = (pool.clone(), Arc::clone(&save_metrics));
+            timed(metrics, Statement::Save, orders, async move |orders| {
+                save_batch(&pool, orders).await
+            })
         });
-        Self { lookups, saves }
+        Self {
+            lookups,
+            saves,
+            metrics,
+        }
     }
+}
+
+/// Runs one batch statement and records its size and duration.
+async fn timed<T, R>(
+    metrics: Arc<Metrics>,
+    statement: Statement,
+    batch: Vec<T>,
+    run: impl AsyncFnOnce(Vec<T>) -> Vec<R>,
+) -> Vec<R> {
+    let (orders, started) = (batch.len(), Instant::now());
+    let answers = run(batch).await;
+    metrics.database_batch(statement, orders, started.elapsed());
+    answers
 }
 
 impl OrderRepository for PostgresOrders {
@@ -200,14 +230,20 @@ impl OrderRepository for PostgresOrders {
         let step = telemetry::Step::start("lookup", |span| {
             client_span(span, "SELECT", "SELECT orders")
         });
+        let started = Instant::now();
         let answer = step.run(self.lookups.call(id.as_uuid())).await;
+        self.metrics
+            .database_wait(Statement::Lookup, started.elapsed());
         flatten(answer)
     }
 
     async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
         let step =
             telemetry::Step::start("save", |span| client_span(span, "INSERT", "INSERT orders"));
+        let started = Instant::now();
         let answer = step.run(self.saves.call(order)).await;
+        self.metrics
+            .database_wait(Statement::Save, started.elapsed());
         flatten(answer)
     }
 }
