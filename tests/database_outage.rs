@@ -1,5 +1,6 @@
-//! PostgreSQL restarts in the middle of a load. A binary of its own: it
-//! takes the database away from every test that would run beside it.
+//! PostgreSQL restarts, in the middle of a load and while the daemon is
+//! idle. A binary of its own: it takes the database away from every test
+//! that would run beside it, and its tests take turns.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,6 +19,17 @@ use common::TestEnv;
 use common::broker::Broker;
 use common::daemon::{Daemon, PaymentSim};
 
+/// Held by each test: two restarts at once would break both tests.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The rows of the test's database, or None while it cannot answer.
+async fn saved(env: &TestEnv) -> Option<i64> {
+    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orders")
+        .fetch_one(&env.db)
+        .await
+        .ok()
+}
+
 fn restart_postgres() {
     let clusters = std::fs::read_dir("/etc/postgresql").unwrap();
     let version = clusters.flatten().next().unwrap().file_name();
@@ -35,6 +47,7 @@ fn restart_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_mid_load_is_retried_and_loses_nothing() {
+    let _alone = ALONE.lock().await;
     let env = TestEnv::new().await;
     let sim = PaymentSim::start(&["--latency-ms", "20"]);
     let daemon = Daemon::start(
@@ -58,10 +71,7 @@ async fn a_database_restart_mid_load_is_retried_and_loses_nothing() {
 
     daemon.wait_ready(Duration::from_secs(90)).await;
     env.eventually(Duration::from_secs(120), "every order saved", || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orders")
-            .fetch_one(&env.db)
-            .await
-            .is_ok_and(|n| n == ids.len() as i64)
+        saved(&env).await == Some(ids.len() as i64)
     })
     .await;
     assert_eq!(
@@ -72,4 +82,52 @@ async fn a_database_restart_mid_load_is_retried_and_loses_nothing() {
     assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
     assert_eq!(daemon.status("/healthz").await, Some(200));
     broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_database_restart_while_idle_the_daemon_stays_ready_and_no_order_is_retried() {
+    let _alone = ALONE.lock().await;
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&[]);
+    let daemon = Daemon::start(&env, &sim.url, &[]).await;
+    // Enough orders at once that the daemon's pool opens several connections.
+    env.publish_orders(50, "tok_visa").await;
+    env.eventually(Duration::from_secs(60), "the first orders", || async {
+        saved(&env).await == Some(50)
+    })
+    .await;
+
+    // Every connection the daemon keeps is broken now, and sits idle. The
+    // readiness check (once a second) gets a working one at its next turn,
+    // not one broken connection after another.
+    restart_postgres();
+    let restarted = std::time::Instant::now();
+    daemon.wait_ready(Duration::from_secs(30)).await;
+    let took = restarted.elapsed();
+    let mut not_ready = 0;
+    for _ in 0..30 {
+        if daemon.status("/readyz").await != Some(200) {
+            not_ready += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        took < Duration::from_millis(1500) && not_ready == 0,
+        "ready {took:?} after the restart, then not ready {not_ready} times in 3 s:\n{}",
+        daemon.logs()
+    );
+
+    env.publish_orders(50, "tok_visa").await;
+    env.eventually(Duration::from_secs(60), "the next orders", || async {
+        saved(&env).await == Some(100)
+    })
+    .await;
+    let metrics = daemon.metrics().await;
+    let retried: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("order_processor_deliveries_total{outcome=\"retried\""))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(retried, 0.0, "{metrics}");
+    assert_eq!(sim.stats().await["charges"], 100);
 }

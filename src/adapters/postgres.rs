@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanBuilder, SpanKind};
 use sqlx::ConnectOptions as _;
+use sqlx::Connection as _;
 use sqlx::Postgres;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -31,6 +32,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// A statement that has not answered by then is treated as a lost database.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 1000;
+/// A pooled connection idle for longer is pinged before it is used: under
+/// load, connections are used again within milliseconds.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// Connecting to check for (or create) the database.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Two statements of each kind at a time: while one runs (and waits for its
@@ -77,6 +81,21 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DatabaseError> {
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection it takes back (which finds one that
+        // broke while in use), and by default again before handing it out:
+        // a round trip more for every batch statement. Only a connection
+        // that sat idle is checked again before use, so that one broken
+        // while the daemon was idle (a database restart) is replaced
+        // instead of failing a statement or the readiness check.
+        .test_before_acquire(false)
+        .before_acquire(|connection, taken| {
+            Box::pin(async move {
+                if taken.idle_for > PING_IF_IDLE_FOR {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 
