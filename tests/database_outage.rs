@@ -99,7 +99,8 @@ async fn after_a_database_restart_while_idle_the_daemon_stays_ready_and_no_order
 
     // Every connection the daemon keeps is broken now, and sits idle. The
     // readiness check (once a second) gets a working one at its next turn,
-    // not one broken connection after another.
+    // within about a second, not one broken connection after another (a
+    // second each).
     restart_postgres();
     let restarted = std::time::Instant::now();
     daemon.wait_ready(Duration::from_secs(30)).await;
@@ -112,7 +113,7 @@ async fn after_a_database_restart_while_idle_the_daemon_stays_ready_and_no_order
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        took < Duration::from_millis(1500) && not_ready == 0,
+        took < Duration::from_millis(1900) && not_ready == 0,
         "ready {took:?} after the restart, then not ready {not_ready} times in 3 s:\n{}",
         daemon.logs()
     );
