@@ -16,7 +16,10 @@
 //! publisher and the broker's publishing share the cores, so the rate at
 //! which they are committed meanwhile is the highest it sustains; (4)
 //! publish→commit latency at 50 % and 80 % of that sustained rate, and at
-//! 80 % of the drain rate. For (1) and (2) queues are filled before the
+//! 80 % of the drain rate, each followed by the same rate through the broker
+//! alone (publish→delivery to an ack-only consumer while the daemon is
+//! idle): the part of the latency that is the broker's and the publisher's
+//! on this machine, whatever the consumer. For (1) and (2) queues are filled before the
 //! clock starts, so the publisher is not measured. Each run uses its own
 //! queues and a fresh database, and removes them at the end, also when it
 //! fails.
@@ -48,7 +51,7 @@ use order_processor::adapters::amqp::topology;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::broker::{AckMode, Publisher, ack_only, check};
-use crate::measure::measure_latency;
+use crate::measure::{measure_latency, reference_latency};
 use crate::report::Report;
 use crate::world::{World, create_database};
 
@@ -185,9 +188,10 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
         } else {
             eprintln!("[load] latency at {label}: {rate:.0}/s for {length:?}");
         }
+        let length = phase.length;
         let pids = world.pids();
         let row = measure_latency(&mut orders, &db, &daemon, pids, phase, expected);
-        let row = row.await?;
+        let mut row = row.await?;
         expected += row.sent;
         if row.missing > 0 {
             problems.push(format!("{} orders were not saved within 30 s", row.missing));
@@ -196,6 +200,10 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
             phases.extend(latency_phases(row.committed_rate, drain.rate));
             sustained = Some(row);
         } else {
+            let (label, rate) = (&row.label, row.rate);
+            eprintln!("[load] the broker alone at {label}: {rate:.0}/s for {length:?}");
+            let alone = reference_latency(&broker, &mut direct, ackonly, prefetch, rate, length);
+            row.reference = Some(alone.await?);
             latency.push(row);
         }
     }

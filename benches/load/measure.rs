@@ -4,6 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::StreamExt as _;
+use lapin::Connection;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
 use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -32,20 +36,13 @@ pub async fn measure_latency(
     let sent = (rate * length.as_secs_f64()) as usize;
     let before = daemon.scrape().await?;
     let (machine, cpu) = (machine_ticks(), Cpu::sample(pids.0, pids.1));
-    let mut published = HashMap::with_capacity(sent);
-    let started = Instant::now();
-    let started_at = OffsetDateTime::now_utc();
-    while published.len() < sent {
-        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(sent);
-        while published.len() < due {
-            let (order_id, body) = order();
-            published.insert(order_id, OffsetDateTime::now_utc());
-            publisher.send(order_id, &body).await?;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let rate = sent as f64 / started.elapsed().as_secs_f64();
-    let ended_at = OffsetDateTime::now_utc();
+    let paced = publish_paced(publisher, rate, sent).await?;
+    let Paced {
+        published,
+        started_at,
+        ended_at,
+        rate,
+    } = paced;
     let busy = machine_busy_since(machine);
     let cpu = Cpu::sample(pids.0, pids.1).since(cpu);
     publisher.flush().await?;
@@ -72,11 +69,11 @@ pub async fn measure_latency(
         .collect();
     let windows = Windows::of(&rows, &published, started_at);
     millis.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let index = (millis.len().saturating_sub(1) as f64 * q).round() as usize;
-        millis.get(index).copied().unwrap_or(f64::NAN)
-    };
-    let (p50, p99, max) = (at(0.5), at(0.99), at(1.0));
+    let (p50, p99, max) = (
+        quantile(&millis, 0.5),
+        quantile(&millis, 0.99),
+        quantile(&millis, 1.0),
+    );
     let missing = sent - millis.len();
     // Commits while publishing, after the first fifth of the phase: once
     // the daemon falls behind, this is the most it commits per second.
@@ -100,6 +97,133 @@ pub async fn measure_latency(
         ack_frames,
         busy,
         cpu,
+        reference: None,
+    })
+}
+
+/// Orders published at a steady rate, and when each was sent.
+struct Paced {
+    published: HashMap<Uuid, OffsetDateTime>,
+    started_at: OffsetDateTime,
+    ended_at: OffsetDateTime,
+    /// The rate reached.
+    rate: f64,
+}
+
+/// Publishes `sent` orders at `rate` (each millisecond, those that are due).
+async fn publish_paced(publisher: &mut Publisher, rate: f64, sent: usize) -> Res<Paced> {
+    let mut published = HashMap::with_capacity(sent);
+    let started = Instant::now();
+    let started_at = OffsetDateTime::now_utc();
+    while published.len() < sent {
+        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(sent);
+        while published.len() < due {
+            let (order_id, body) = order();
+            published.insert(order_id, OffsetDateTime::now_utc());
+            publisher.send(order_id, &body).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(Paced {
+        published,
+        started_at,
+        ended_at: OffsetDateTime::now_utc(),
+        rate: sent as f64 / started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The value at quantile `q` of sorted `values` (NaN if there are none).
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let index = (values.len().saturating_sub(1) as f64 * q).round() as usize;
+    values.get(index).copied().unwrap_or(f64::NAN)
+}
+
+/// The same orders at the same rate through the broker alone: what a
+/// consumer that only acknowledges (each ack awaited) sees from publish to
+/// delivery, while the daemon sits idle. The part of the daemon's
+/// publish→commit that no consumer on this machine could avoid.
+pub struct Reference {
+    pub p50: f64,
+    pub p99: f64,
+    /// The p99 of each quarter second of publishing.
+    pub windows: Windows,
+    /// How busy the machine's cores were while publishing.
+    pub busy: f64,
+    pub cpu: Cpu,
+    pub sent: usize,
+}
+
+/// Publishes at `rate` for `length` into `queue` (through `publisher`) while
+/// an ack-only consumer records when each order arrives.
+pub async fn reference_latency(
+    broker: &Connection,
+    publisher: &mut Publisher,
+    queue: &str,
+    prefetch: u16,
+    rate: f64,
+    length: Duration,
+) -> Res<Reference> {
+    let sent = ((rate * length.as_secs_f64()) as usize).max(1);
+    let channel = broker.create_channel().await.context("open a channel")?;
+    let qos = channel.basic_qos(prefetch, BasicQosOptions::default());
+    qos.await.context("basic.qos")?;
+    let (options, arguments) = (BasicConsumeOptions::default(), FieldTable::default());
+    let consumer = channel.basic_consume(queue.into(), "".into(), options, arguments);
+    let mut consumer = consumer.await.context("basic.consume")?;
+    let deadline = tokio::time::Instant::now() + length + Duration::from_secs(30);
+    let arrivals = tokio::spawn(async move {
+        let mut arrived = Vec::with_capacity(sent);
+        while arrived.len() < sent {
+            let delivery = tokio::time::timeout_at(deadline, consumer.next()).await;
+            let delivery =
+                delivery.map_err(|_| format!("{} of {sent} arrived in time", arrived.len()))?;
+            let delivery = delivery
+                .ok_or("the consumer was cancelled")?
+                .context("delivery")?;
+            let at = OffsetDateTime::now_utc();
+            let id = delivery.properties.message_id().as_ref();
+            let id = id.and_then(|id| Uuid::parse_str(id.as_str()).ok());
+            let redelivered = delivery.redelivered;
+            let ack = delivery.ack(BasicAckOptions { multiple: false });
+            ack.await.context("basic.ack")?;
+            // An earlier ack-only run may leave a few deliveries unsettled
+            // when it closes its channel; they come back redelivered.
+            if !redelivered {
+                arrived.push((id.ok_or("a delivery without an order id")?, at));
+            }
+        }
+        Res::Ok(arrived)
+    });
+    let (machine, cpu) = (machine_ticks(), Cpu::sample(None, None));
+    let paced = publish_paced(publisher, rate, sent).await;
+    let (busy, cpu) = (
+        machine_busy_since(machine),
+        Cpu::sample(None, None).since(cpu),
+    );
+    let flushed = publisher.flush().await;
+    let arrived = arrivals.await.context("the ack-only consumer")?;
+    let closed = channel.close(200, "done".into()).await;
+    let (paced, arrived) = (paced?, arrived?);
+    flushed?;
+    closed.context("close the ack-only consumer's channel")?;
+    let mut millis: Vec<f64> = arrived
+        .iter()
+        .filter_map(|(id, at)| Some((*at - *paced.published.get(id)?).as_seconds_f64() * 1e3))
+        .collect();
+    millis.sort_by(f64::total_cmp);
+    if millis.len() < sent {
+        return Err(format!(
+            "{} of {sent} arrivals were orders published here",
+            millis.len()
+        ));
+    }
+    Ok(Reference {
+        p50: quantile(&millis, 0.5),
+        p99: quantile(&millis, 0.99),
+        windows: Windows::of(&arrived, &paced.published, paced.started_at),
+        busy,
+        cpu,
+        sent,
     })
 }
 
@@ -143,10 +267,7 @@ impl Windows {
         let mut worst = (0.0, f64::NAN);
         for (window, mut millis) in by_window {
             millis.sort_by(f64::total_cmp);
-            let at = |q: f64| {
-                let index = (millis.len().saturating_sub(1) as f64 * q).round() as usize;
-                millis.get(index).copied().unwrap_or(f64::NAN)
-            };
+            let at = |q: f64| quantile(&millis, q);
             let start = window as f64 * WINDOW;
             if verbose {
                 eprintln!(

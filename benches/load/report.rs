@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::measure::{Cpu, SLOW_WINDOW_MS, Windows};
+use crate::measure::{Cpu, Reference, SLOW_WINDOW_MS, Windows};
 use crate::world::{DaemonConfig, Scrape, StatementScrape, threads};
 
 pub struct AckOnly {
@@ -131,6 +131,8 @@ pub struct Latency {
     pub busy: f64,
     /// What each process spent while publishing (`client`: the publisher).
     pub cpu: Cpu,
+    /// The broker alone at the same rate, with an ack-only consumer.
+    pub reference: Option<Reference>,
 }
 
 pub struct Report {
@@ -262,6 +264,26 @@ impl Report {
                 l.missing,
                 grouped(l.sent as f64)
             );
+            if let Some(r) = &l.reference {
+                let per_order = |ticks: u64| ticks as f64 * 1e6 / hz / r.sent.max(1) as f64;
+                let w = &r.windows;
+                println!(
+                    "    the broker alone at that rate, publish→delivery to an ack-only consumer \
+                     awaiting each ack (CPU {:.0} % busy): p50 {:.1} ms, p99 {:.1} ms, \
+                     p99 of each quarter second: median {:.1} ms, above {SLOW_WINDOW_MS:.0} ms \
+                     in {} of {} (worst {:.1} ms); broker {:.0} µs, publisher and consumer {:.0} µs \
+                     per order",
+                    r.busy * 100.0,
+                    r.p50,
+                    r.p99,
+                    w.median_p99,
+                    w.slow,
+                    w.count,
+                    w.worst.1,
+                    per_order(r.cpu.broker),
+                    per_order(r.cpu.client),
+                );
+            }
             println!("    {}", l.time);
             let w = &l.windows;
             println!(
