@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use crate::measure::{Cpu, Reference, SLOW_WINDOW_MS, Windows};
-use crate::world::{DaemonConfig, Scrape, StatementScrape, threads};
+use crate::world::{Buckets, DaemonConfig, Scrape, StatementScrape, threads};
 
 pub struct AckOnly {
     pub rate: f64,
@@ -22,16 +22,21 @@ pub struct Drain {
 pub struct Breakdown {
     /// From delivery to settlement.
     pub processing_ms: f64,
+    /// Its 99th percentile, interpolated within the histogram's bucket.
+    pub processing_p99_ms: f64,
     /// Its lookup and its save: the wait for the answer (batch forming,
     /// then the statement), and each batch statement's size and duration.
     pub lookup: StatementTime,
     pub save: StatementTime,
     /// The HTTP request of its charge.
     pub payment_ms: f64,
+    pub payment_p99_ms: f64,
 }
 
 pub struct StatementTime {
     pub wait_ms: f64,
+    pub wait_p99_ms: f64,
+    pub statement_p99_ms: f64,
     pub batch_orders: f64,
     pub statement_ms: f64,
 }
@@ -42,6 +47,8 @@ impl StatementTime {
         Self {
             wait_ms: (after.wait_seconds - before.wait_seconds) * 1e3
                 / (after.waits - before.waits).max(1.0),
+            wait_p99_ms: p99_ms(&before.wait_buckets, &after.wait_buckets),
+            statement_p99_ms: p99_ms(&before.statement_buckets, &after.statement_buckets),
             batch_orders: (after.orders - before.orders) / statements,
             statement_ms: (after.statement_seconds - before.statement_seconds) * 1e3 / statements,
         }
@@ -54,11 +61,48 @@ impl Breakdown {
         let payments = (after.payments - before.payments).max(1.0);
         Self {
             processing_ms: (after.processing_seconds - before.processing_seconds) * 1e3 / acked,
+            processing_p99_ms: p99_ms(&before.processing_buckets, &after.processing_buckets),
             lookup: StatementTime::between(&before.lookup, &after.lookup),
             save: StatementTime::between(&before.save, &after.save),
             payment_ms: (after.payment_seconds - before.payment_seconds) * 1e3 / payments,
+            payment_p99_ms: p99_ms(&before.payment_buckets, &after.payment_buckets),
         }
     }
+}
+
+/// The quantile `q` of what was observed between two scrapes of a
+/// histogram, interpolated linearly within its bucket (as PromQL's
+/// `histogram_quantile`); the lower bound of the last bucket if it falls
+/// there, NaN if nothing was observed.
+fn bucket_quantile(before: &Buckets, after: &Buckets, q: f64) -> f64 {
+    let (before, after) = (&before.0, &after.0);
+    let count = |i: usize| {
+        let at = |buckets: &[(f64, f64)]| buckets.get(i).map_or(0.0, |(_, count)| *count);
+        at(after) - at(before)
+    };
+    let total = after.len().checked_sub(1).map_or(0.0, count);
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (i, (upper, _)) in after.iter().enumerate() {
+        let cumulative = count(i);
+        if cumulative >= rank {
+            if upper.is_infinite() {
+                return lower;
+            }
+            let share = (rank - below) / (cumulative - below).max(f64::MIN_POSITIVE);
+            return lower + (upper - lower) * share;
+        }
+        (lower, below) = (*upper, cumulative);
+    }
+    lower
+}
+
+/// The p99 in milliseconds of what a histogram observed between two scrapes.
+fn p99_ms(before: &Buckets, after: &Buckets) -> f64 {
+    bucket_quantile(before, after, 0.99) * 1e3
 }
 
 impl std::fmt::Display for Breakdown {
@@ -67,18 +111,25 @@ impl std::fmt::Display for Breakdown {
         let rest = self.processing_ms - lookup.wait_ms - self.payment_ms - save.wait_ms;
         write!(
             f,
-            "in the daemon {:.1} ms per order from delivery to settlement: lookup {:.1} ms, \
-             payment call {:.1} ms, save {:.1} ms, the rest {:.1} ms; statements: lookup batches \
-             of {:.0} in {:.1} ms, save batches of {:.0} in {:.1} ms",
+            "in the daemon {:.1} ms per order from delivery to settlement (p99 about {:.0} ms): \
+             lookup {:.1} ms (p99 {:.0}), payment call {:.1} ms (p99 {:.0}), save {:.1} ms \
+             (p99 {:.0}), the rest {:.1} ms; statements: lookup batches \
+             of {:.0} in {:.1} ms (p99 {:.0}), save batches of {:.0} in {:.1} ms (p99 {:.0})",
             self.processing_ms,
+            self.processing_p99_ms,
             lookup.wait_ms,
+            lookup.wait_p99_ms,
             self.payment_ms,
+            self.payment_p99_ms,
             save.wait_ms,
+            save.wait_p99_ms,
             rest.max(0.0),
             lookup.batch_orders,
             lookup.statement_ms,
+            lookup.statement_p99_ms,
             save.batch_orders,
             save.statement_ms,
+            save.statement_p99_ms,
         )
     }
 }

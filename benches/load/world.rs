@@ -297,24 +297,64 @@ pub struct Daemon {
 }
 
 /// The daemon's counters that matter here (cumulative since it started).
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 pub struct Scrape {
     pub acked: f64,
     /// `basic.ack` frames sent: (multiple, one by one).
     pub ack_frames: (f64, f64),
     pub processing_seconds: f64,
+    /// The buckets of the processing histogram and of the payment requests.
+    pub processing_buckets: Buckets,
+    pub payment_buckets: Buckets,
     pub payment_seconds: f64,
     pub payments: f64,
     pub lookup: StatementScrape,
     pub save: StatementScrape,
 }
 
+/// A histogram's buckets, summed over its label sets: (upper bound in
+/// seconds, cumulative count), ascending as `/metrics` lists them.
+#[derive(Default, Clone)]
+pub struct Buckets(pub Vec<(f64, f64)>);
+
+impl Buckets {
+    /// Adds `value` if `key` is a bucket of `metric` that has the label
+    /// `labels` (any bucket of `metric` if `labels` is empty).
+    fn read(&mut self, metric: &str, labels: &str, key: &str, value: f64) {
+        let labels_of = key
+            .strip_prefix(metric)
+            .and_then(|rest| rest.strip_prefix("_bucket{"))
+            .and_then(|rest| rest.strip_suffix('}'));
+        let Some(all) = labels_of else {
+            return;
+        };
+        // Label values here hold no comma: `le="0.001",statement="save"`.
+        let (mut bound, mut matches) = (None, false);
+        for label in all.split(',') {
+            match label.strip_prefix("le=") {
+                Some(le) => bound = Some(le.trim_matches('"')),
+                None => matches |= label == labels,
+            }
+        }
+        let Some(bound) = bound.filter(|_| matches || labels.is_empty()) else {
+            return;
+        };
+        let bound = bound.parse().unwrap_or(f64::INFINITY);
+        match self.0.iter_mut().find(|(upper, _)| *upper == bound) {
+            Some((_, count)) => *count += value,
+            None => self.0.push((bound, value)),
+        }
+    }
+}
+
 /// The database histograms of one statement (sums and counts).
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 pub struct StatementScrape {
     /// What the orders waited for their answers, and how many did.
     pub wait_seconds: f64,
     pub waits: f64,
+    pub wait_buckets: Buckets,
+    pub statement_buckets: Buckets,
     /// What the batch statements took, and how many ran.
     pub statement_seconds: f64,
     pub statements: f64,
@@ -362,6 +402,38 @@ impl Daemon {
                 scrape.ack_frames.1 += value;
             } else if key == "order_processor_processing_seconds_sum" {
                 scrape.processing_seconds += value;
+            } else if key.contains("_bucket{") {
+                let buckets = [
+                    (
+                        "order_processor_processing_seconds",
+                        "",
+                        &mut scrape.processing_buckets,
+                    ),
+                    (
+                        "order_processor_payment_request_seconds",
+                        "",
+                        &mut scrape.payment_buckets,
+                    ),
+                    (
+                        WAIT,
+                        "statement=\"lookup\"",
+                        &mut scrape.lookup.wait_buckets,
+                    ),
+                    (WAIT, "statement=\"save\"", &mut scrape.save.wait_buckets),
+                    (
+                        STATEMENT,
+                        "statement=\"lookup\"",
+                        &mut scrape.lookup.statement_buckets,
+                    ),
+                    (
+                        STATEMENT,
+                        "statement=\"save\"",
+                        &mut scrape.save.statement_buckets,
+                    ),
+                ];
+                for (metric, labels, buckets) in buckets {
+                    buckets.read(metric, labels, key, value);
+                }
             } else if key.starts_with("order_processor_payment_request_seconds_sum") {
                 scrape.payment_seconds += value;
             } else if key.starts_with("order_processor_payment_request_seconds_count") {
@@ -375,6 +447,9 @@ impl Daemon {
         Ok(scrape)
     }
 }
+
+const WAIT: &str = "order_processor_database_wait_seconds";
+const STATEMENT: &str = "order_processor_database_statement_seconds";
 
 /// Calls `check` every `every` until it is true (Ok(true)) or `within` has
 /// passed (Ok(false)); an error ends the wait at once.
