@@ -27,7 +27,8 @@
 //! `cargo bench --bench load` (whose args contain `--bench`): N = `LOAD_ORDERS`
 //! or 50 000. Any other invocation (`cargo test --all-targets`) is a smoke
 //! run of 300 orders that fails unless every order was saved, the work and
-//! dead-letter queues are empty and the daemon stopped with exit code 0.
+//! dead-letter queues are empty, the daemon stopped with exit code 0, and
+//! the queues are still empty once it is gone.
 
 #![allow(
     clippy::arithmetic_side_effects,
@@ -208,11 +209,19 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
         }
     }
     problems.extend(check(&db, &broker, &world.names, expected).await?);
-    let _ = broker.close(200, "done".into()).await;
     let stopped = world.stop_daemon().await?;
     if stopped != Some(0) {
         problems.push(format!("exit on SIGTERM was {stopped:?}, not Some(0)"));
     }
+    // Every delivery was acknowledged before the daemon closed its channel:
+    // none comes back to the queue once it is gone.
+    let after_stop = check(&db, &broker, &world.names, expected).await?;
+    problems.extend(
+        after_stop
+            .into_iter()
+            .map(|problem| format!("after the stop: {problem}")),
+    );
+    let _ = broker.close(200, "done".into()).await;
     // Lookups by primary key need no sequential scan, so many of them mean a
     // bad plan (their cost then grows with the table). Read once the daemon's
     // backends have exited, which is when they report their last statistics.
