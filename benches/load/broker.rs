@@ -12,7 +12,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use order_processor::adapters::amqp::Names;
 use order_processor::domain::OrderMessage;
 use sqlx::postgres::PgPool;
@@ -127,14 +127,12 @@ pub enum AckMode {
     Multiple,
 }
 
-/// Drains `n` messages with a consumer that only acknowledges.
-pub async fn ack_only(
+/// A channel with `prefetch` consuming `queue`.
+pub async fn consume(
     connection: &Connection,
     queue: &str,
-    n: usize,
     prefetch: u16,
-    mode: AckMode,
-) -> Res<AckOnly> {
+) -> Res<(Channel, Consumer)> {
     let channel = connection
         .create_channel()
         .await
@@ -143,11 +141,23 @@ pub async fn ack_only(
         .basic_qos(prefetch, BasicQosOptions::default())
         .await;
     qos.context("basic.qos")?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60 + n as u64 / 1000);
-    let (cpu, started) = (Cpu::sample(None, None), Instant::now());
     let (options, arguments) = (BasicConsumeOptions::default(), FieldTable::default());
     let consumer = channel.basic_consume(queue.into(), "".into(), options, arguments);
-    let mut consumer = consumer.await.context("basic.consume")?;
+    let consumer = consumer.await.context("basic.consume")?;
+    Ok((channel, consumer))
+}
+
+/// Drains `n` messages with a consumer that only acknowledges.
+pub async fn ack_only(
+    connection: &Connection,
+    queue: &str,
+    n: usize,
+    prefetch: u16,
+    mode: AckMode,
+) -> Res<AckOnly> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60 + n as u64 / 1000);
+    let (cpu, started) = (Cpu::sample(None, None), Instant::now());
+    let (channel, mut consumer) = consume(connection, queue, prefetch).await?;
     let mut acks = FuturesUnordered::new();
     for received in 1..=n {
         let delivery = tokio::time::timeout_at(deadline, consumer.next()).await;
