@@ -69,7 +69,7 @@ impl Disposition {
             ProcessError::Invalid(_) => dead_letter(ErrorKind::Invalid),
             ProcessError::PaymentDeclined => dead_letter(ErrorKind::PaymentDeclined),
             ProcessError::PaymentRejected { .. } => dead_letter(ErrorKind::PaymentRejected),
-            ProcessError::PaymentUnavailable(_) | ProcessError::RepositoryUnavailable(_) => {
+            ProcessError::PaymentUnavailable { .. } | ProcessError::RepositoryUnavailable(_) => {
                 Self::Retry {
                     reason: error.to_string(),
                 }
@@ -173,9 +173,10 @@ mod tests {
 
     #[test]
     fn transient_failures_are_retried() {
-        let unavailable = kind_of(ProcessError::PaymentUnavailable(UnavailableReason::Status(
-            503,
-        )));
+        let unavailable = kind_of(ProcessError::PaymentUnavailable {
+            reason: UnavailableReason::Status(503),
+            retry_after: None,
+        });
         assert!(matches!(unavailable, Disposition::Retry { .. }));
         let database = kind_of(ProcessError::RepositoryUnavailable(
             RepositoryError::Unavailable("connection refused".into()),

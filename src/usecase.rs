@@ -9,6 +9,8 @@
 //! the message afterwards is decided from the returned value in
 //! [`crate::disposition`].
 
+use std::time::Duration;
+
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt as _;
 
@@ -39,8 +41,12 @@ pub enum ProcessError {
     PaymentDeclined,
     #[error("the payment provider rejected the charge with status {status}")]
     PaymentRejected { status: u16 },
-    #[error("the payment provider is unavailable ({0})")]
-    PaymentUnavailable(UnavailableReason),
+    #[error("the payment provider is unavailable ({reason})")]
+    PaymentUnavailable {
+        reason: UnavailableReason,
+        /// The least delay before asking again, when the provider said so.
+        retry_after: Option<Duration>,
+    },
     #[error(transparent)]
     RepositoryUnavailable(#[from] RepositoryError),
     /// The daemon is stopping and the grace period ran out before the order
@@ -64,7 +70,13 @@ impl From<PaymentError> for ProcessError {
         match error {
             PaymentError::Declined => Self::PaymentDeclined,
             PaymentError::Rejected { status } => Self::PaymentRejected { status },
-            PaymentError::Unavailable { reason } => Self::PaymentUnavailable(reason),
+            PaymentError::Unavailable {
+                reason,
+                retry_after,
+            } => Self::PaymentUnavailable {
+                reason,
+                retry_after,
+            },
         }
     }
 }
@@ -274,6 +286,7 @@ mod tests {
     async fn an_unavailable_provider_is_retried_and_not_saved() {
         let unavailable = PaymentError::Unavailable {
             reason: UnavailableReason::Timeout,
+            retry_after: None,
         };
         let usecase = ProcessOrder::new(
             FakePayments::failing_with(unavailable),
@@ -283,7 +296,10 @@ mod tests {
         let result = usecase.execute(&body, None).await;
         assert!(matches!(
             result,
-            Err(ProcessError::PaymentUnavailable(UnavailableReason::Timeout))
+            Err(ProcessError::PaymentUnavailable {
+                reason: UnavailableReason::Timeout,
+                ..
+            })
         ));
         assert!(matches!(
             Disposition::of(&result),

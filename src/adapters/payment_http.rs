@@ -248,17 +248,24 @@ pub fn longest_wait(
 }
 
 fn unavailable(reason: UnavailableReason) -> PaymentError {
-    PaymentError::Unavailable { reason }
+    PaymentError::Unavailable {
+        reason,
+        retry_after: None,
+    }
 }
 
 fn error_type(error: &PaymentError) -> &'static str {
     match error {
         PaymentError::Declined => "payment_declined",
         PaymentError::Rejected { .. } => "payment_rejected",
-        PaymentError::Unavailable { reason } => match reason {
+        PaymentError::Unavailable { reason, .. } => match reason {
             UnavailableReason::Timeout => "timeout",
             UnavailableReason::Connect => "connect",
+            UnavailableReason::Closed => "connection_closed",
+            UnavailableReason::NotHttp => "invalid_http",
             UnavailableReason::Status(_) => "http_status",
+            UnavailableReason::InProgress => "in_progress",
+            UnavailableReason::RateLimited => "rate_limited",
             UnavailableReason::InvalidResponse => "invalid_response",
         },
     }
@@ -305,7 +312,8 @@ fn classify(status: StatusCode, body: Option<Vec<u8>>) -> Result<ChargeId, Payme
             Ok(ChargeId::new(answer.charge_id))
         }
         402 => Err(PaymentError::Declined),
-        429 => Err(unavailable(UnavailableReason::Status(429))),
+        409 => Err(unavailable(UnavailableReason::InProgress)),
+        429 => Err(unavailable(UnavailableReason::RateLimited)),
         code @ 400..=499 => Err(PaymentError::Rejected { status: code }),
         code => Err(unavailable(UnavailableReason::Status(code))),
     }
@@ -371,18 +379,32 @@ mod tests {
             classify(status(402), None),
             Err(PaymentError::Declined)
         ));
-        for code in [400, 409, 422, 404] {
+        for code in [400, 422, 404] {
             assert!(matches!(
                 classify(status(code), None),
                 Err(PaymentError::Rejected { status }) if status == code
             ));
         }
-        for code in [429, 500, 502, 503, 504, 302] {
+        for code in [500, 502, 503, 504, 302] {
             assert!(matches!(
                 classify(status(code), None),
-                Err(PaymentError::Unavailable { reason: UnavailableReason::Status(c) }) if c == code
+                Err(PaymentError::Unavailable { reason: UnavailableReason::Status(c), .. }) if c == code
             ));
         }
+        assert!(matches!(
+            classify(status(409), None),
+            Err(PaymentError::Unavailable {
+                reason: UnavailableReason::InProgress,
+                ..
+            })
+        ));
+        assert!(matches!(
+            classify(status(429), None),
+            Err(PaymentError::Unavailable {
+                reason: UnavailableReason::RateLimited,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -395,7 +417,8 @@ mod tests {
             assert!(matches!(
                 classify(status(200), body),
                 Err(PaymentError::Unavailable {
-                    reason: UnavailableReason::InvalidResponse
+                    reason: UnavailableReason::InvalidResponse,
+                    ..
                 })
             ));
         }
