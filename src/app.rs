@@ -14,6 +14,7 @@ use crate::adapters::payment_http::{self, HttpPaymentProvider, PaymentClientErro
 use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
 use crate::config::Settings;
 use crate::health::Health;
+use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::telemetry::OrderTracer;
 use crate::usecase::ProcessOrder;
@@ -130,6 +131,7 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
             prefetch: settings.amqp.prefetch,
             concurrency,
             retry: settings.retry_policy(),
+            redelivery_limit: settings.amqp.redelivery_limit,
             grace: Duration::from_millis(settings.shutdown.grace_ms),
             broker_check: BrokerCheckSettings {
                 management_url: settings.amqp.management_url.clone(),
@@ -145,6 +147,10 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
         tracer,
         Arc::clone(&metrics),
         Arc::clone(&health),
+        Arc::new(Intake::new(
+            settings.circuit_settings(),
+            Arc::clone(&metrics),
+        )),
     );
     // On a runtime worker rather than the thread that started the runtime:
     // the order tasks the consumer spawns then start on that worker's own

@@ -19,7 +19,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::disposition::RetryPolicy;
+use crate::circuit::CircuitSettings;
+use crate::retry::RetryPolicy;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
@@ -94,6 +95,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub shutdown: ShutdownSettings,
     pub http: HttpSettings,
+    pub circuit: CircuitConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +105,9 @@ pub struct AmqpSettings {
     pub routing_key: String,
     pub queue: String,
     pub prefetch: u16,
+    /// Deliveries of one message (the quorum queue's `x-delivery-count`)
+    /// after which it is dead-lettered unprocessed, as `redelivery_limit`.
+    pub redelivery_limit: u32,
     /// The RabbitMQ management API, when the operator wants the broker's
     /// settings checked against the retry policy. A secret: it may carry
     /// credentials.
@@ -143,6 +148,19 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
 }
 
+/// When an outage of the provider or the database pauses intake (see
+/// [`crate::circuit`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitConfig {
+    pub window_ms: u64,
+    pub min_calls: u32,
+    pub failure_ratio: f64,
+    pub consecutive_failures: u32,
+    pub first_probe_ms: u64,
+    pub max_probe_interval_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
@@ -167,6 +185,7 @@ struct Layered {
     database: LayeredDatabase,
     shutdown: ShutdownSettings,
     http: HttpSettings,
+    circuit: CircuitConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +195,7 @@ struct LayeredAmqp {
     routing_key: String,
     queue: String,
     prefetch: u16,
+    redelivery_limit: u32,
     #[serde(default)]
     management_url: Option<String>,
 }
@@ -268,6 +288,7 @@ impl Settings {
                 routing_key: layered.amqp.routing_key,
                 queue: layered.amqp.queue,
                 prefetch: layered.amqp.prefetch,
+                redelivery_limit: layered.amqp.redelivery_limit,
                 management_url: optional_url(
                     "amqp.management_url",
                     layered.amqp.management_url,
@@ -296,6 +317,7 @@ impl Settings {
             },
             shutdown: layered.shutdown,
             http: layered.http,
+            circuit: layered.circuit,
         };
         settings.validate()?;
         check_trust_files(env, settings.database.url.expose())?;
@@ -328,6 +350,35 @@ impl Settings {
             1_000,
         )?;
         in_range("shutdown.grace_ms", self.shutdown.grace_ms, 0, 3_600_000)?;
+        in_range(
+            "amqp.redelivery_limit",
+            self.amqp.redelivery_limit,
+            1,
+            10_000,
+        )?;
+        let circuit = &self.circuit;
+        in_range("circuit.window_ms", circuit.window_ms, 100, 3_600_000)?;
+        in_range("circuit.min_calls", circuit.min_calls, 1, 1_000_000)?;
+        in_range("circuit.failure_ratio", circuit.failure_ratio, 0.01, 1.0)?;
+        in_range(
+            "circuit.consecutive_failures",
+            circuit.consecutive_failures,
+            1,
+            1_000_000,
+        )?;
+        // CONTRACT §5: tests of a failing dependency are never more than 30 s apart.
+        in_range(
+            "circuit.max_probe_interval_ms",
+            circuit.max_probe_interval_ms,
+            10,
+            30_000,
+        )?;
+        in_range(
+            "circuit.first_probe_ms",
+            circuit.first_probe_ms,
+            10,
+            circuit.max_probe_interval_ms,
+        )?;
         // The derived names (`Q.retry.N`, `X.dlx`, `Q.dead`) must stay within
         // AMQP's 255-byte short strings.
         for (key, name) in [
@@ -355,6 +406,18 @@ impl Settings {
     pub fn payment_in_flight(&self) -> Option<usize> {
         let limit = self.payment.max_in_flight;
         (limit > 0 && limit < self.workers.concurrency).then_some(limit)
+    }
+
+    pub fn circuit_settings(&self) -> CircuitSettings {
+        let circuit = &self.circuit;
+        CircuitSettings {
+            window: Duration::from_millis(circuit.window_ms),
+            min_calls: circuit.min_calls,
+            failure_ratio: circuit.failure_ratio,
+            consecutive_failures: circuit.consecutive_failures,
+            first_probe_after: Duration::from_millis(circuit.first_probe_ms),
+            max_probe_interval: Duration::from_millis(circuit.max_probe_interval_ms),
+        }
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {

@@ -1,14 +1,14 @@
-//! What happens to a delivery once its order has been processed.
+//! What happens to a delivery: the one decision point.
 //!
-//! This is the one place where an outcome becomes a queue decision, written
-//! as an exhaustive `match` so that a new error variant does not compile
-//! until someone decides its fate. The retry policy lives here too because
-//! "retry or give up" is part of the same decision.
+//! [`Disposition::decide`] turns what the use case returned, the attempt,
+//! the retry policy and whether intake is paused by an outage into ack,
+//! retry later, dead-letter, hold or leave unacked. It is an exhaustive
+//! `match`, so that a new error variant does not compile until someone
+//! decides its fate. The consumer only carries the decision out.
 
 use std::time::Duration;
 
-use rand::Rng;
-
+use crate::retry::RetryPolicy;
 use crate::usecase::{ProcessError, Processed};
 
 /// The `x-error-kind` header of a dead-lettered message, and the
@@ -19,10 +19,11 @@ pub enum ErrorKind {
     Invalid,
     PaymentDeclined,
     PaymentRejected,
-    /// A transient failure (provider or database) — retried; when the
-    /// attempts run out it becomes `RetriesExhausted`.
+    /// A transient failure (provider or database), retried later.
     Transient,
     RetriesExhausted,
+    /// Delivered again and again without ever being settled.
+    RedeliveryLimit,
 }
 
 impl ErrorKind {
@@ -34,8 +35,17 @@ impl ErrorKind {
             Self::PaymentRejected => "payment_rejected",
             Self::Transient => "transient",
             Self::RetriesExhausted => "retries_exhausted",
+            Self::RedeliveryLimit => "redelivery_limit",
         }
     }
+}
+
+/// Whether the consumer takes new deliveries, as the decision needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    Open,
+    /// A dependency is down: its failures are the outage's, not the order's.
+    Paused,
 }
 
 /// The fate of one delivery.
@@ -43,10 +53,15 @@ impl ErrorKind {
 pub enum Disposition {
     /// Done (processed now or before): acknowledge.
     Ack,
-    /// A transient failure: try again later, unless the attempts are spent.
-    Retry { reason: String },
-    /// Can never succeed: move to the dead-letter queue at once.
+    /// A transient failure: publish to the retry queue of this attempt,
+    /// to come back after `delay`.
+    Retry { delay: Duration, reason: String },
+    /// Can never succeed, or may not be tried again: move to the
+    /// dead-letter queue.
     DeadLetter { kind: ErrorKind, reason: String },
+    /// Failed because a dependency is down: keep it unacknowledged and run
+    /// it again, as the same attempt, once the outage is over.
+    Hold,
     /// Do not settle: the broker redelivers it when the channel closes.
     LeaveUnacked,
 }
@@ -55,7 +70,12 @@ impl Disposition {
     /// Decides the fate of a delivery from its processing result. The
     /// reasons come from the errors' `Display`, which never quotes message
     /// contents, URLs or SQL.
-    pub fn of(result: &Result<Processed, ProcessError>) -> Self {
+    pub fn decide(
+        result: &Result<Processed, ProcessError>,
+        attempt: u32,
+        policy: &RetryPolicy,
+        intake: Intake,
+    ) -> Self {
         let error = match result {
             Ok(Processed::Charged(_) | Processed::AlreadyProcessed) => return Self::Ack,
             Err(error) => error,
@@ -64,58 +84,50 @@ impl Disposition {
             kind,
             reason: error.to_string(),
         };
-        match error {
-            ProcessError::Malformed(_) => dead_letter(ErrorKind::Malformed),
-            ProcessError::Invalid(_) => dead_letter(ErrorKind::Invalid),
-            ProcessError::PaymentDeclined => dead_letter(ErrorKind::PaymentDeclined),
-            ProcessError::PaymentRejected { .. } => dead_letter(ErrorKind::PaymentRejected),
-            ProcessError::PaymentUnavailable { .. } | ProcessError::RepositoryUnavailable(_) => {
+        let (outage, retry_after) = match error {
+            ProcessError::Malformed(_) => return dead_letter(ErrorKind::Malformed),
+            ProcessError::Invalid(_) => return dead_letter(ErrorKind::Invalid),
+            ProcessError::PaymentDeclined => return dead_letter(ErrorKind::PaymentDeclined),
+            ProcessError::PaymentRejected { .. } => {
+                return dead_letter(ErrorKind::PaymentRejected);
+            }
+            ProcessError::Interrupted => return Self::LeaveUnacked,
+            ProcessError::PaymentUnavailable {
+                reason,
+                retry_after,
+            } => (reason.is_outage(), *retry_after),
+            ProcessError::RepositoryUnavailable(error) => (error.is_outage(), None),
+        };
+        match intake {
+            Intake::Paused if outage => Self::Hold,
+            Intake::Open | Intake::Paused if policy.is_last(attempt) => {
+                dead_letter(ErrorKind::RetriesExhausted)
+            }
+            Intake::Open | Intake::Paused => {
+                let backoff = policy.delay_after(attempt);
+                // The provider's own word is the least delay, up to the policy's maximum.
+                let asked = retry_after.map_or(Duration::ZERO, |d| d.min(policy.max_delay));
                 Self::Retry {
+                    delay: backoff.max(asked),
                     reason: error.to_string(),
                 }
             }
-            ProcessError::Interrupted => Self::LeaveUnacked,
         }
     }
-}
 
-/// Exponential backoff with jitter, counted in attempts (the first
-/// delivery is attempt 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-/// What to do after attempt `n` failed transiently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryDecision {
-    RetryAfter(Duration),
-    Exhausted,
-}
-
-impl RetryPolicy {
-    /// After attempt `attempt` failed: wait d = min(base × 2^(n−1), max),
-    /// jittered uniformly within [d/2, d], or give up once `max_attempts`
-    /// attempts have been made.
-    pub fn after_failure(&self, attempt: u32) -> RetryDecision {
-        if attempt >= self.max_attempts {
-            return RetryDecision::Exhausted;
-        }
-        let ceiling = self.delay_ceiling(attempt);
-        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        let jittered = rand::rng().random_range(millis / 2..=millis);
-        RetryDecision::RetryAfter(Duration::from_millis(jittered))
-    }
-
-    /// d = min(base × 2^(n−1), max), saturating instead of overflowing.
-    pub fn delay_ceiling(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(31);
-        let factor = 1u32.checked_shl(exponent).unwrap_or(u32::MAX);
-        self.base_delay
-            .checked_mul(factor)
-            .map_or(self.max_delay, |d| d.min(self.max_delay))
+    /// Before processing: a message the broker has delivered `delivery_count`
+    /// times before without it being settled (the quorum queue's
+    /// `x-delivery-count`) is dead-lettered once that reaches `limit`,
+    /// instead of crashing or losing the channel again.
+    pub fn redelivered(delivery_count: Option<u64>, limit: u32) -> Option<Self> {
+        let count = delivery_count?;
+        (count >= u64::from(limit)).then(|| Self::DeadLetter {
+            kind: ErrorKind::RedeliveryLimit,
+            reason: format!(
+                "delivered {} times without being settled; the redelivery limit is {limit}",
+                count.saturating_add(1)
+            ),
+        })
     }
 }
 
@@ -127,24 +139,40 @@ mod tests {
         ChargeId, DecodeError, RepositoryError, UnavailableReason, ValidationError,
     };
 
-    fn kind_of(error: ProcessError) -> Disposition {
-        Disposition::of(&Err(error))
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 4,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(1000),
+    };
+
+    fn decide(error: ProcessError, attempt: u32, intake: Intake) -> Disposition {
+        Disposition::decide(&Err(error), attempt, &POLICY, intake)
+    }
+
+    fn unavailable(reason: UnavailableReason) -> ProcessError {
+        ProcessError::PaymentUnavailable {
+            reason,
+            retry_after: None,
+        }
     }
 
     #[test]
     fn processed_and_already_processed_orders_are_acked() {
-        assert_eq!(
-            Disposition::of(&Ok(Processed::Charged(ChargeId::new("ch_1")))),
-            Disposition::Ack
-        );
-        assert_eq!(
-            Disposition::of(&Ok(Processed::AlreadyProcessed)),
-            Disposition::Ack
-        );
+        for result in [
+            Ok(Processed::Charged(ChargeId::new("ch_1"))),
+            Ok(Processed::AlreadyProcessed),
+        ] {
+            for intake in [Intake::Open, Intake::Paused] {
+                assert_eq!(
+                    Disposition::decide(&result, 4, &POLICY, intake),
+                    Disposition::Ack
+                );
+            }
+        }
     }
 
     #[test]
-    fn permanent_failures_are_dead_lettered_with_their_kind() {
+    fn permanent_failures_are_dead_lettered_with_their_kind_even_during_an_outage() {
         let cases = [
             (
                 ProcessError::Malformed(DecodeError::NotUtf8),
@@ -161,10 +189,11 @@ mod tests {
             ),
         ];
         for (error, expected) in cases {
-            match kind_of(error) {
+            let text = error.to_string();
+            match decide(error, 1, Intake::Paused) {
                 Disposition::DeadLetter { kind, reason } => {
                     assert_eq!(kind, expected);
-                    assert!(!reason.is_empty());
+                    assert_eq!(reason, text);
                 }
                 other => panic!("expected a dead letter, got {other:?}"),
             }
@@ -172,63 +201,97 @@ mod tests {
     }
 
     #[test]
-    fn transient_failures_are_retried() {
-        let unavailable = kind_of(ProcessError::PaymentUnavailable {
-            reason: UnavailableReason::Status(503),
-            retry_after: None,
-        });
-        assert!(matches!(unavailable, Disposition::Retry { .. }));
-        let database = kind_of(ProcessError::RepositoryUnavailable(
-            RepositoryError::Unavailable("connection refused".into()),
+    fn transient_failures_are_retried_after_the_backoff_until_the_last_attempt() {
+        for attempt in 1..4 {
+            match decide(
+                unavailable(UnavailableReason::Status(503)),
+                attempt,
+                Intake::Open,
+            ) {
+                Disposition::Retry { delay, reason } => {
+                    let ceiling = POLICY.delay_ceiling(attempt);
+                    assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?}");
+                    assert!(reason.contains("503"), "{reason}");
+                }
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+        let database = ProcessError::RepositoryUnavailable(RepositoryError::Unavailable(
+            "connection refused".into(),
         ));
-        assert!(matches!(database, Disposition::Retry { reason } if !reason.contains("refused")));
+        match decide(database, 4, Intake::Open) {
+            Disposition::DeadLetter { kind, reason } => {
+                assert_eq!(kind, ErrorKind::RetriesExhausted);
+                assert!(!reason.contains("refused"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_outage_failure_while_intake_is_paused_is_held_and_spends_no_attempt() {
+        for error in [
+            unavailable(UnavailableReason::Connect),
+            unavailable(UnavailableReason::Status(503)),
+            ProcessError::RepositoryUnavailable(RepositoryError::Unavailable("down".into())),
+        ] {
+            // Even on the last attempt.
+            assert_eq!(decide(error, 4, Intake::Paused), Disposition::Hold);
+        }
+        // Failures that are this order's own still count during an outage.
+        for reason in [
+            UnavailableReason::InProgress,
+            UnavailableReason::RateLimited,
+        ] {
+            assert!(matches!(
+                decide(unavailable(reason), 1, Intake::Paused),
+                Disposition::Retry { .. }
+            ));
+        }
+        let row = ProcessError::RepositoryUnavailable(RepositoryError::RowRejected("nul".into()));
+        assert!(matches!(
+            decide(row, 4, Intake::Paused),
+            Disposition::DeadLetter {
+                kind: ErrorKind::RetriesExhausted,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_providers_retry_after_is_the_least_delay_up_to_the_maximum() {
+        let asked = |seconds| ProcessError::PaymentUnavailable {
+            reason: UnavailableReason::Status(503),
+            retry_after: Some(Duration::from_secs(seconds)),
+        };
+        assert!(matches!(
+            decide(asked(0), 1, Intake::Open),
+            Disposition::Retry { delay, .. } if delay <= Duration::from_millis(100)
+        ));
+        assert!(matches!(
+            decide(asked(3600), 1, Intake::Open),
+            Disposition::Retry { delay, .. } if delay == POLICY.max_delay
+        ));
     }
 
     #[test]
     fn an_interrupted_order_is_left_unacked() {
         assert_eq!(
-            kind_of(ProcessError::Interrupted),
+            decide(ProcessError::Interrupted, 1, Intake::Open),
             Disposition::LeaveUnacked
         );
     }
 
     #[test]
-    fn the_delay_doubles_up_to_the_maximum_and_is_jittered_within_half() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            base_delay: Duration::from_millis(1000),
-            max_delay: Duration::from_millis(60_000),
-        };
-        assert_eq!(policy.delay_ceiling(1), Duration::from_millis(1000));
-        assert_eq!(policy.delay_ceiling(2), Duration::from_millis(2000));
-        assert_eq!(policy.delay_ceiling(4), Duration::from_millis(8000));
-        assert_eq!(policy.delay_ceiling(7), Duration::from_millis(60_000));
-        assert_eq!(
-            policy.delay_ceiling(u32::MAX),
-            Duration::from_millis(60_000)
-        );
-        for attempt in 1..10 {
-            let ceiling = policy.delay_ceiling(attempt);
-            match policy.after_failure(attempt) {
-                RetryDecision::RetryAfter(delay) => {
-                    assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?}");
-                }
-                RetryDecision::Exhausted => panic!("attempt {attempt} should be retried"),
+    fn a_message_delivered_too_often_is_dead_lettered_before_processing() {
+        assert_eq!(Disposition::redelivered(None, 10), None);
+        assert_eq!(Disposition::redelivered(Some(9), 10), None);
+        match Disposition::redelivered(Some(10), 10) {
+            Some(Disposition::DeadLetter { kind, reason }) => {
+                assert_eq!(kind, ErrorKind::RedeliveryLimit);
+                assert!(reason.contains("11 times"), "{reason}");
             }
+            other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn max_attempts_counts_the_first_attempt() {
-        let policy = RetryPolicy {
-            max_attempts: 4,
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(100),
-        };
-        assert!(matches!(
-            policy.after_failure(3),
-            RetryDecision::RetryAfter(_)
-        ));
-        assert_eq!(policy.after_failure(4), RetryDecision::Exhausted);
     }
 }

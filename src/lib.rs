@@ -21,13 +21,16 @@
 pub mod adapters;
 pub mod app;
 pub mod batch;
+pub mod circuit;
 pub mod cli;
 pub mod config;
 pub mod disposition;
 pub mod dlq;
 pub mod domain;
 pub mod health;
+pub mod intake;
 pub mod metrics;
 pub mod publish;
+pub mod retry;
 pub mod telemetry;
 pub mod usecase;

@@ -46,6 +46,11 @@ struct AckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabels {
+    dependency: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PaymentLabels {
     status_class: &'static str,
 }
@@ -99,6 +104,7 @@ pub struct Metrics {
     payment_waiting: Gauge<i64, AtomicI64>,
     /// (lookup, save).
     database: (StatementSeries, StatementSeries),
+    circuit_open: Family<DependencyLabels, Gauge<i64, AtomicI64>>,
 }
 
 /// Counts one order among those waiting for a turn to charge, until dropped.
@@ -138,6 +144,17 @@ impl Metrics {
         });
         let payment_waiting = Gauge::<i64, AtomicI64>::default();
         let database = database_series(&mut registry);
+        let circuit_open = Family::<DependencyLabels, Gauge<i64, AtomicI64>>::default();
+        for dependency in ["payment", "database"] {
+            circuit_open
+                .get_or_create(&DependencyLabels { dependency })
+                .set(0);
+        }
+        registry.register(
+            "order_processor_circuit_open",
+            "1 while intake is paused by an outage of this dependency",
+            circuit_open.clone(),
+        );
         registry.register(
             "order_processor_deliveries",
             "Deliveries settled, by outcome and error kind",
@@ -183,7 +200,15 @@ impl Metrics {
             payment_requests,
             payment_waiting,
             database,
+            circuit_open,
         }
+    }
+
+    /// Marks the circuit of `dependency` open (1) or closed (0).
+    pub fn circuit(&self, dependency: &'static str, open: bool) {
+        self.circuit_open
+            .get_or_create(&DependencyLabels { dependency })
+            .set(i64::from(open));
     }
 
     pub fn delivery_settled(&self, outcome: Outcome, error_kind: &'static str, took: Duration) {

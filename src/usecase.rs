@@ -138,7 +138,18 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::disposition::{Disposition, ErrorKind};
+    use crate::disposition::{Disposition, ErrorKind, Intake};
+    use crate::retry::RetryPolicy;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: std::time::Duration::from_millis(100),
+        max_delay: std::time::Duration::from_millis(400),
+    };
+
+    fn disposition(result: &Result<Processed, ProcessError>) -> Disposition {
+        Disposition::decide(result, 1, &POLICY, Intake::Open)
+    }
     use crate::domain::{OrderId, OrderMessage};
 
     /// Charges by idempotency key, like a real provider; can be told to fail.
@@ -215,7 +226,7 @@ mod tests {
             result.as_ref().unwrap(),
             &Processed::Charged(ChargeId::new("ch_1"))
         );
-        assert_eq!(Disposition::of(&result), Disposition::Ack);
+        assert_eq!(disposition(&result), Disposition::Ack);
         let rows = usecase.orders.rows.lock().unwrap();
         let row = &rows[&id];
         assert_eq!(row.charge_id, ChargeId::new("ch_1"));
@@ -233,13 +244,13 @@ mod tests {
         usecase.execute(&body, None).await.unwrap();
         let again = usecase.execute(&body, None).await;
         assert_eq!(again.as_ref().unwrap(), &Processed::AlreadyProcessed);
-        assert_eq!(Disposition::of(&again), Disposition::Ack);
+        assert_eq!(disposition(&again), Disposition::Ack);
         assert_eq!(*usecase.payments.calls.lock().unwrap(), 1);
         assert_eq!(usecase.orders.rows.lock().unwrap().len(), 1);
     }
 
     fn dead_letter_kind(result: &Result<Processed, ProcessError>) -> ErrorKind {
-        match Disposition::of(result) {
+        match disposition(result) {
             Disposition::DeadLetter { kind, .. } => kind,
             other => panic!("expected a dead letter, got {other:?}"),
         }
@@ -301,10 +312,7 @@ mod tests {
                 ..
             })
         ));
-        assert!(matches!(
-            Disposition::of(&result),
-            Disposition::Retry { .. }
-        ));
+        assert!(matches!(disposition(&result), Disposition::Retry { .. }));
         assert!(usecase.orders.rows.lock().unwrap().is_empty());
         // The retry charges under the same key and succeeds.
         assert!(usecase.execute(&body, None).await.is_ok());
@@ -323,8 +331,8 @@ mod tests {
             result,
             Err(ProcessError::RepositoryUnavailable(_))
         ));
-        match Disposition::of(&result) {
-            Disposition::Retry { reason } => assert!(!reason.contains("refused"), "{reason}"),
+        match disposition(&result) {
+            Disposition::Retry { reason, .. } => assert!(!reason.contains("refused"), "{reason}"),
             other => panic!("expected a retry, got {other:?}"),
         }
         assert_eq!(*usecase.payments.calls.lock().unwrap(), 0);

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use opentelemetry::StringValue;
-use rand::Rng as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,10 +34,11 @@ use super::republish::Republisher;
 use super::settler::Settler;
 use super::topology::{self, Names};
 use super::{AmqpError, answered, connect};
-use crate::disposition::RetryPolicy;
 use crate::domain::{OrderRepository, PaymentProvider};
 use crate::health::Health;
+use crate::intake::Intake;
 use crate::metrics::Metrics;
+use crate::retry::{self, RetryPolicy};
 use crate::telemetry::OrderTracer;
 use crate::usecase::ProcessOrder;
 
@@ -49,6 +50,9 @@ pub struct ConsumerSettings {
     pub prefetch: u16,
     pub concurrency: usize,
     pub retry: RetryPolicy,
+    /// Deliveries of one message (`x-delivery-count`) after which it is
+    /// dead-lettered unprocessed.
+    pub redelivery_limit: u32,
     pub grace: Duration,
     pub broker_check: super::BrokerCheckSettings,
 }
@@ -59,6 +63,8 @@ pub struct AmqpConsumer<P, R> {
     tracer: OrderTracer,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// Paused while a dependency is down; outlives the broker sessions.
+    intake: Arc<Intake>,
 }
 
 /// What every order task of one session shares.
@@ -74,6 +80,11 @@ struct Session<P, R> {
     settler: Settler,
     republisher: Republisher,
     retry: RetryPolicy,
+    redelivery_limit: u32,
+    intake: Arc<Intake>,
+    /// Deliveries held during an outage, to be run again (they stay
+    /// unacknowledged on this session's channel, so at most `prefetch`).
+    held: mpsc::Sender<Delivery>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -86,6 +97,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         tracer: OrderTracer,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
+        intake: Arc<Intake>,
     ) -> Self {
         Self {
             settings,
@@ -93,6 +105,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             tracer,
             metrics,
             health,
+            intake,
         }
     }
 
@@ -110,8 +123,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             if started.elapsed() > BACKOFF_MAX {
                 backoff = BACKOFF_MIN;
             }
-            let half = backoff.checked_div(2).unwrap_or(BACKOFF_MIN);
-            let pause = rand::rng().random_range(half..=backoff);
+            let pause = retry::jittered(backoff);
             tracing::warn!(%error, retry_in_ms = pause.as_millis(), "broker session ended; reconnecting");
             backoff = backoff.saturating_mul(2).min(BACKOFF_MAX);
             reconnecting = true;
@@ -155,6 +167,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             ack_failed.clone(),
             Arc::clone(&self.metrics),
         );
+        let (held, held_again) = mpsc::channel(usize::from(settings.prefetch).max(1));
         let session = Arc::new(Session {
             usecase: Arc::clone(&self.usecase),
             tracer: self.tracer.clone(),
@@ -165,6 +178,9 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             settler,
             republisher: Republisher::new(publishing.clone(), settings.names.clone()),
             retry: settings.retry,
+            redelivery_limit: settings.redelivery_limit,
+            intake: Arc::clone(&self.intake),
+            held,
         });
         let consume = consuming.basic_consume(
             settings.names.queue.as_str().into(),
@@ -180,7 +196,13 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         }
         tracing::info!(queue = %settings.names.queue, prefetch = settings.prefetch, "consuming");
 
-        let ended = self.pump(consumer, session, stop, &ack_failed, pool).await;
+        let deliveries = Deliveries {
+            consumer,
+            held: held_again,
+        };
+        let ended = self
+            .pump(deliveries, session, stop, &ack_failed, pool)
+            .await;
         ended?;
 
         // Stopping on purpose: no new deliveries, then let the orders finish.
@@ -194,41 +216,82 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         Ok(())
     }
 
-    /// Hands deliveries to order tasks while a worker permit is free.
+    /// Hands deliveries to order tasks while intake is open (or a test of a
+    /// failing dependency is due) and a worker permit is free.
     async fn pump(
         &self,
-        mut consumer: lapin::Consumer,
+        mut deliveries: Deliveries,
         session: Arc<Session<P, R>>,
         stop: &CancellationToken,
         ack_failed: &CancellationToken,
         pool: &WorkerPool,
     ) -> Result<(), AmqpError> {
         loop {
-            let permit = tokio::select! {
+            let admission = tokio::select! {
                 biased;
-                () = stop.cancelled() => return Ok(()),
                 () = ack_failed.cancelled() => return Err(AmqpError::AckFailed),
-                permit = Arc::clone(&pool.permits).acquire_owned() => permit,
+                admission = self.intake.admit(stop) => match admission {
+                    Some(admission) => admission,
+                    None => return Ok(()),
+                },
             };
-            let Ok(permit) = permit else { return Ok(()) };
-            let delivery = tokio::select! {
-                biased;
-                () = stop.cancelled() => return Ok(()),
-                () = ack_failed.cancelled() => return Err(AmqpError::AckFailed),
-                delivery = consumer.next() => delivery,
-            };
-            let delivery = match delivery {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => return Err(AmqpError::Channel(error)),
-                None => return Err(AmqpError::ConsumerCancelled),
+            let next = deliveries.next(stop, ack_failed, pool).await;
+            let (delivery, permit) = match next {
+                Ok(Some(next)) => next,
+                Ok(None) => {
+                    self.intake.abandon(admission);
+                    return Ok(());
+                }
+                Err(error) => {
+                    self.intake.abandon(admission);
+                    return Err(error);
+                }
             };
             let session = Arc::clone(&session);
             let interrupt = pool.interrupt.clone();
             pool.tasks.spawn(async move {
-                handle(&session, delivery, &interrupt).await;
+                handle(&session, delivery, admission, &interrupt).await;
                 drop(permit);
             });
         }
+    }
+}
+
+/// Where a session's deliveries come from: those held during an outage
+/// first, then the broker's.
+struct Deliveries {
+    consumer: lapin::Consumer,
+    held: mpsc::Receiver<Delivery>,
+}
+
+impl Deliveries {
+    /// The next delivery and the worker permit to run it with; `None` once
+    /// `stop` is cancelled.
+    async fn next(
+        &mut self,
+        stop: &CancellationToken,
+        ack_failed: &CancellationToken,
+        pool: &WorkerPool,
+    ) -> Result<Option<(Delivery, OwnedSemaphorePermit)>, AmqpError> {
+        let permit = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(None),
+            () = ack_failed.cancelled() => return Err(AmqpError::AckFailed),
+            permit = Arc::clone(&pool.permits).acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { return Ok(None) };
+        let delivery = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(None),
+            () = ack_failed.cancelled() => return Err(AmqpError::AckFailed),
+            Some(delivery) = self.held.recv() => Ok(delivery),
+            delivery = self.consumer.next() => match delivery {
+                Some(Ok(delivery)) => Ok(delivery),
+                Some(Err(error)) => Err(AmqpError::Channel(error)),
+                None => Err(AmqpError::ConsumerCancelled),
+            },
+        }?;
+        Ok(Some((delivery, permit)))
     }
 }
 

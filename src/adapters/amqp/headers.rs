@@ -70,6 +70,26 @@ pub fn attempt(properties: &BasicProperties, names: &Names) -> u32 {
     recorded.saturating_add(1)
 }
 
+/// How many times the broker delivered the message before without it being
+/// settled: a quorum queue's `x-delivery-count`, absent on a first delivery.
+pub fn delivery_count(properties: &BasicProperties) -> Option<u64> {
+    match properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get("x-delivery-count")?
+    {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        _ => None,
+    }
+}
+
 /// The queue the broker last dead-lettered the message from.
 fn last_death_queue(headers: &FieldTable) -> Option<&str> {
     let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {

@@ -20,7 +20,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use order_processor::disposition::{Disposition, ErrorKind};
+use order_processor::disposition::{Disposition, ErrorKind, Intake};
+use order_processor::retry::RetryPolicy;
 use order_processor::domain::{
     Currency, CustomerId, DecodeError, MAX_ORDER_BYTES, Money, Order, OrderError, OrderId,
     OrderMessage, OrderMessageItem, PaymentToken, Quantity, ValidationError,
@@ -376,7 +377,13 @@ fn error_is_safe(body: &[u8], error: &OrderError, json: Option<&Json>) {
         OrderError::Malformed(_) => ErrorKind::Malformed,
         OrderError::Invalid(_) => ErrorKind::Invalid,
     };
-    let reason = match Disposition::of(&Err(ProcessError::from(error.clone()))) {
+    let policy = RetryPolicy {
+        max_attempts: 5,
+        base_delay: std::time::Duration::from_millis(1000),
+        max_delay: std::time::Duration::from_millis(60_000),
+    };
+    let result = Err(ProcessError::from(error.clone()));
+    let reason = match Disposition::decide(&result, 1, &policy, Intake::Open) {
         Disposition::DeadLetter { kind, reason } => {
             assert_eq!(kind, expected_kind, "{error:?}");
             reason

@@ -12,16 +12,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::Session;
 use crate::adapters::amqp::headers::{self, HeaderExtractor};
-use crate::disposition::{Disposition, ErrorKind, RetryDecision};
+use crate::disposition::{Disposition, ErrorKind, Intake};
 use crate::domain::{OrderRepository, PaymentProvider};
+use crate::intake::{Admission, Observed};
 use crate::metrics::Outcome;
 use crate::telemetry;
 use crate::usecase::ProcessError;
 
-/// Processes one delivery and settles it, inside its consumer span.
+/// Processes one delivery and settles it, inside its consumer span. A
+/// delivery held because of an outage goes back to the session's `held`
+/// queue, to be run again once intake resumes.
 pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
     session: &Session<P, R>,
     delivery: Delivery,
+    admission: Admission,
     interrupt: &CancellationToken,
 ) {
     let started = Instant::now();
@@ -30,33 +34,57 @@ pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
     let order = consumer_span(session, &delivery, attempt);
     let trace_id = telemetry::context_trace_id(&order);
 
-    let result = tokio::select! {
-        biased;
-        () = interrupt.cancelled() => Err(ProcessError::Interrupted),
-        result = session.usecase.execute(&delivery.data, trace_id).with_context(order.clone()) => result,
+    let redelivered = headers::delivery_count(&delivery.properties);
+    let (failure, disposition) = match Disposition::redelivered(
+        redelivered,
+        session.redelivery_limit,
+    ) {
+        Some(disposition) => {
+            session.intake.observe(admission, Observed::default());
+            let reason = match &disposition {
+                Disposition::DeadLetter { reason, .. } => Some(reason.clone()),
+                _ => None,
+            };
+            (reason, disposition)
+        }
+        None => {
+            let result = tokio::select! {
+                biased;
+                () = interrupt.cancelled() => Err(ProcessError::Interrupted),
+                result = session.usecase.execute(&delivery.data, trace_id).with_context(order.clone()) => result,
+            };
+            let paused = session.intake.observe(admission, Observed::of(&result));
+            let intake = if paused { Intake::Paused } else { Intake::Open };
+            let disposition = Disposition::decide(&result, attempt, &session.retry, intake);
+            (result.err().map(|error| error.to_string()), disposition)
+        }
     };
-    let disposition = Disposition::of(&result);
-    let (outcome, kind) = settle(session, &delivery, attempt, disposition)
+    let settled = settle(session, &delivery, attempt, disposition)
         .with_context(order.clone())
         .await;
 
     let span = order.span();
-    span.set_attribute(KeyValue::new(
-        "messaging.rabbitmq.outcome",
-        outcome_name(outcome),
-    ));
-    if let Err(error) = &result {
-        let kind = kind.map_or("interrupted", ErrorKind::as_str);
+    let (outcome, kind) = match settled {
+        Settled::Done(outcome, kind) => (outcome_name(outcome), kind),
+        Settled::Held => ("held", None),
+    };
+    span.set_attribute(KeyValue::new("messaging.rabbitmq.outcome", outcome));
+    if let Some(error) = &failure {
+        let kind = kind.map_or(outcome, ErrorKind::as_str);
         span.set_attribute(KeyValue::new("error.type", kind));
-        span.set_status(Status::error(error.to_string()));
+        span.set_status(Status::error(error.clone()));
     }
     span.end();
     session.metrics.in_flight().dec();
-    session.metrics.delivery_settled(
-        outcome,
-        kind.map_or("", ErrorKind::as_str),
-        started.elapsed(),
-    );
+    match settled {
+        Settled::Done(outcome, kind) => session.metrics.delivery_settled(
+            outcome,
+            kind.map_or("", ErrorKind::as_str),
+            started.elapsed(),
+        ),
+        // A closed queue means the session is over: the broker redelivers it.
+        Settled::Held => drop(session.held.send(delivery).await),
+    }
 }
 
 /// The consumer span, a child of the publisher's span when the message
@@ -105,64 +133,74 @@ fn consumer_span_builder<P, R>(
         .with_attributes(attributes)
 }
 
-/// Carries out a disposition. Returns how the delivery ended and, for a
-/// failure, its kind.
+/// How carrying out a disposition ended.
+#[derive(Debug, Clone, Copy)]
+enum Settled {
+    /// Settled on the broker (or left for redelivery), with the error kind
+    /// of a failure.
+    Done(Outcome, Option<ErrorKind>),
+    /// Kept unacknowledged, to run again when intake resumes.
+    Held,
+}
+
+/// Carries out a disposition. A copy that cannot be published (retry or
+/// dead letter) leaves the original to the broker, requeued.
 async fn settle<P, R>(
     session: &Session<P, R>,
     delivery: &Delivery,
     attempt: u32,
     disposition: Disposition,
-) -> (Outcome, Option<ErrorKind>) {
+) -> Settled {
     let tag = delivery.delivery_tag;
-    let (kind, reason) = match disposition {
+    match disposition {
         Disposition::Ack => {
             session.settler.ack(tag).await;
-            return (Outcome::Acked, None);
+            Settled::Done(Outcome::Acked, None)
         }
-        Disposition::LeaveUnacked => return (Outcome::Requeued, None),
-        Disposition::DeadLetter { kind, reason } => (kind, reason),
-        Disposition::Retry { reason } => match session.retry.after_failure(attempt) {
-            RetryDecision::RetryAfter(delay) => {
-                let parked = session
-                    .republisher
-                    .retry(&delivery.data, &delivery.properties, attempt, delay)
-                    .await;
-                return match parked {
-                    Ok(()) => {
-                        tracing::info!(attempt, delay_ms = delay.as_millis(), %reason, "retrying later");
-                        session.settler.ack(tag).await;
-                        (Outcome::Retried, Some(ErrorKind::Transient))
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "could not park the message for a retry; requeueing it");
-                        session.settler.requeue(tag).await;
-                        (Outcome::Requeued, Some(ErrorKind::Transient))
-                    }
-                };
+        Disposition::LeaveUnacked => Settled::Done(Outcome::Requeued, None),
+        Disposition::Hold => Settled::Held,
+        Disposition::Retry { delay, reason } => {
+            let parked = session
+                .republisher
+                .retry(&delivery.data, &delivery.properties, attempt, delay)
+                .await;
+            let kind = Some(ErrorKind::Transient);
+            match parked {
+                Ok(()) => {
+                    tracing::info!(attempt, delay_ms = delay.as_millis(), %reason, "retrying later");
+                    session.settler.ack(tag).await;
+                    Settled::Done(Outcome::Retried, kind)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not park the message for a retry; requeueing it");
+                    session.settler.requeue(tag).await;
+                    Settled::Done(Outcome::Requeued, kind)
+                }
             }
-            RetryDecision::Exhausted => (ErrorKind::RetriesExhausted, reason),
-        },
-    };
-    let moved = session
-        .republisher
-        .dead_letter(
-            &delivery.data,
-            &delivery.properties,
-            attempt,
-            kind.as_str(),
-            &reason,
-        )
-        .await;
-    match moved {
-        Ok(()) => {
-            tracing::warn!(error.kind = kind.as_str(), %reason, attempt, "dead-lettered");
-            session.settler.ack(tag).await;
-            (Outcome::DeadLettered, Some(kind))
         }
-        Err(error) => {
-            tracing::warn!(%error, "could not dead-letter the message; requeueing it");
-            session.settler.requeue(tag).await;
-            (Outcome::Requeued, Some(kind))
+        Disposition::DeadLetter { kind, reason } => {
+            let moved = session
+                .republisher
+                .dead_letter(
+                    &delivery.data,
+                    &delivery.properties,
+                    attempt,
+                    kind.as_str(),
+                    &reason,
+                )
+                .await;
+            match moved {
+                Ok(()) => {
+                    tracing::warn!(error.kind = kind.as_str(), %reason, attempt, "dead-lettered");
+                    session.settler.ack(tag).await;
+                    Settled::Done(Outcome::DeadLettered, Some(kind))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not dead-letter the message; requeueing it");
+                    session.settler.requeue(tag).await;
+                    Settled::Done(Outcome::Requeued, Some(kind))
+                }
+            }
         }
     }
 }
