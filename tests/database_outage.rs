@@ -132,3 +132,149 @@ async fn after_a_database_restart_while_idle_the_daemon_stays_ready_and_no_order
     assert_eq!(retried, 0.0, "{metrics}");
     assert_eq!(sim.stats().await["charges"], 100);
 }
+
+/// Starts PostgreSQL again when dropped, so that a failing test never
+/// leaves the machine without its database.
+struct Stopped;
+
+impl Stopped {
+    fn postgres() -> Self {
+        pg_ctlcluster("stop");
+        Self
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        pg_ctlcluster("start");
+    }
+}
+
+fn pg_ctlcluster(action: &str) {
+    let clusters = std::fs::read_dir("/etc/postgresql").unwrap();
+    let version = clusters.flatten().next().unwrap().file_name();
+    let status = Command::new("pg_ctlcluster")
+        .args([
+            "--skip-systemctl-redirect",
+            &version.to_string_lossy(),
+            "main",
+            action,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctlcluster {action}");
+}
+
+/// Retry settings that would dead-letter an order within half a second.
+const SHORT_RETRIES: [(&str, &str); 3] = [
+    ("ORDER_PROCESSOR__RETRY__MAX_ATTEMPTS", "4"),
+    ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "50"),
+    ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "400"),
+];
+
+/// Publishes `count` orders at about `per_second`, in the background.
+fn publish_paced(env: &TestEnv, count: usize, per_second: u32) -> tokio::task::JoinHandle<usize> {
+    let exchange = env.exchange.clone();
+    let routing_key = env.routing_key.clone();
+    tokio::spawn(async move {
+        let broker = Broker::connect().await;
+        let gap = Duration::from_secs(1) / per_second;
+        let started = tokio::time::Instant::now();
+        for n in 0..count {
+            let body = common::order_json(uuid::Uuid::new_v4(), "tok_visa");
+            broker
+                .publish(&exchange, &routing_key, &body, Broker::properties(None))
+                .await;
+            tokio::time::sleep_until(started + gap * (n as u32 + 1)).await;
+        }
+        broker.close().await;
+        count
+    })
+}
+
+async fn circuit_open(daemon: &Daemon) -> bool {
+    daemon
+        .metrics()
+        .await
+        .contains("order_processor_circuit_open{dependency=\"database\"} 1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_for_30_s_under_load_dead_letters_nothing_and_saves_every_order_once() {
+    let _alone = ALONE.lock().await;
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&["--latency-ms", "5"]);
+    Broker::connect().await.declare(&env).await;
+    let daemon = Daemon::start(&env, &sim.url, &SHORT_RETRIES).await;
+    let published = publish_paced(&env, 1000, 50);
+    env.eventually(Duration::from_secs(30), "progress", || async {
+        saved(&env).await.unwrap_or(0) > 50
+    })
+    .await;
+
+    let stopped = Stopped::postgres();
+    env.eventually(Duration::from_secs(15), "the circuit opens", || async {
+        circuit_open(&daemon).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    drop(stopped);
+    let count = published.await.unwrap();
+
+    env.eventually(Duration::from_secs(60), "every order saved", || async {
+        saved(&env).await == Some(count as i64)
+    })
+    .await;
+    assert_eq!(
+        sim.stats().await["charges"],
+        count as u64,
+        "one charge each"
+    );
+    let broker = Broker::connect().await;
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+    assert!(!circuit_open(&daemon).await);
+    daemon.wait_ready(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_locked_for_60_s_so_that_statements_hang_dead_letters_nothing() {
+    let _alone = ALONE.lock().await;
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&["--latency-ms", "5"]);
+    Broker::connect().await.declare(&env).await;
+    let daemon = Daemon::start(&env, &sim.url, &SHORT_RETRIES).await;
+    let published = publish_paced(&env, 1000, 25);
+    env.eventually(Duration::from_secs(30), "progress", || async {
+        saved(&env).await.unwrap_or(0) > 50
+    })
+    .await;
+
+    let mut lock = env.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    env.eventually(Duration::from_secs(30), "the circuit opens", || async {
+        circuit_open(&daemon).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    lock.rollback().await.unwrap();
+    let released = std::time::Instant::now();
+    let count = published.await.unwrap();
+
+    env.eventually(Duration::from_secs(60), "every order saved", || async {
+        saved(&env).await == Some(count as i64)
+    })
+    .await;
+    println!("every order saved {:?} after the lock", released.elapsed());
+    assert_eq!(
+        sim.stats().await["charges"],
+        count as u64,
+        "one charge each"
+    );
+    let broker = Broker::connect().await;
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+}

@@ -1,0 +1,259 @@
+//! A dependency down for longer than the retry budget, a few orders that
+//! always fail among many that succeed, and a message that keeps crashing
+//! its consumer: no order is dead-lettered because a dependency was down,
+//! and the orders that do fail still fail as they should.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use common::broker::Broker;
+use common::daemon::Daemon;
+use common::payment::{HANG, PaymentStub};
+use uuid::Uuid;
+
+/// Retry settings that would dead-letter an order within half a second.
+const SHORT_RETRIES: [(&str, &str); 3] = [
+    ("ORDER_PROCESSOR__RETRY__MAX_ATTEMPTS", "4"),
+    ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "50"),
+    ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "400"),
+];
+
+/// The value of one series of `/metrics`, 0 when absent.
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Publishes `count` orders at about `per_second`, in the background.
+fn publish_paced(
+    env: &TestEnv,
+    count: usize,
+    per_second: u32,
+) -> tokio::task::JoinHandle<Vec<Uuid>> {
+    let exchange = env.exchange.clone();
+    let routing_key = env.routing_key.clone();
+    tokio::spawn(async move {
+        let broker = Broker::connect().await;
+        let gap = Duration::from_secs(1) / per_second;
+        let started = tokio::time::Instant::now();
+        let mut ids = Vec::with_capacity(count);
+        for n in 0..count {
+            let id = Uuid::new_v4();
+            broker
+                .publish(
+                    &exchange,
+                    &routing_key,
+                    &common::order_json(id, "tok_visa"),
+                    Broker::properties(None),
+                )
+                .await;
+            ids.push(id);
+            tokio::time::sleep_until(started + gap * (n as u32 + 1)).await;
+        }
+        broker.close().await;
+        ids
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outage_longer_than_the_retry_budget_dead_letters_nothing() {
+    let env = TestEnv::new().await;
+    let down = Arc::new(AtomicBool::new(true));
+    let stub = PaymentStub::start({
+        let down = Arc::clone(&down);
+        move |_, _| {
+            if down.load(Ordering::SeqCst) {
+                503
+            } else {
+                201
+            }
+        }
+    })
+    .await;
+    Broker::connect().await.declare(&env).await;
+    let daemon = Daemon::start(&env, &stub.url, &SHORT_RETRIES).await;
+
+    let outage = Instant::now();
+    let published = publish_paced(&env, 1000, 100);
+    env.eventually(Duration::from_secs(10), "the circuit opens", || async {
+        metric(
+            &daemon.metrics().await,
+            "order_processor_circuit_open{dependency=\"payment\"}",
+        ) == 1.0
+    })
+    .await;
+    assert!(daemon.logs().contains("circuit open"), "{}", daemon.logs());
+    // The provider is a third party: its outage never makes the replica unready.
+    assert_eq!(daemon.status("/readyz").await, Some(200));
+    let ids = published.await.unwrap();
+    tokio::time::sleep_until((outage + Duration::from_secs(30)).into()).await;
+    down.store(false, Ordering::SeqCst);
+    let ended = Instant::now();
+
+    let second_half = outage + Duration::from_secs(15);
+    let late_calls = stub
+        .calls()
+        .iter()
+        .filter(|call| call.at >= second_half && call.at < ended)
+        .count();
+    assert!(
+        late_calls <= 20,
+        "{late_calls} calls in the outage's second half"
+    );
+    env.eventually(Duration::from_secs(40), "every order saved", || async {
+        env.order_count().await == ids.len() as i64
+    })
+    .await;
+    println!("all saved {:?} after the outage", ended.elapsed());
+    assert_eq!(stub.charge_count(), ids.len(), "one charge per order");
+    let broker = Broker::connect().await;
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "order_processor_circuit_open{dependency=\"payment\"}"
+        ),
+        0.0
+    );
+    assert!(
+        daemon.logs().contains("circuit closed"),
+        "{}",
+        daemon.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_of_failing_orders_retries_and_dead_letters_as_without_a_circuit() {
+    let env = TestEnv::new().await;
+    let broker = Broker::connect().await;
+    broker.declare(&env).await;
+    let mut ids = Vec::new();
+    let mut failing = HashSet::new();
+    for n in 0..230 {
+        let id = Uuid::new_v4();
+        if n % 23 < 3 {
+            failing.insert(id.to_string());
+        }
+        ids.push(id);
+    }
+    let stub = PaymentStub::start({
+        let failing = failing.clone();
+        move |key, _| if failing.contains(key) { 503 } else { 201 }
+    })
+    .await;
+    for id in &ids {
+        let body = common::order_json(*id, "tok_visa");
+        broker
+            .publish(
+                &env.exchange,
+                &env.routing_key,
+                &body,
+                Broker::properties(None),
+            )
+            .await;
+    }
+    let daemon = Daemon::start(&env, &stub.url, &SHORT_RETRIES).await;
+
+    env.eventually(Duration::from_secs(60), "30 dead letters", || async {
+        broker.depth(&env.dead_letter_queue()).await == 30
+    })
+    .await;
+    env.eventually(Duration::from_secs(10), "200 rows", || async {
+        env.order_count().await == 200
+    })
+    .await;
+    for key in &failing {
+        assert_eq!(stub.calls_for(key).len(), 4, "MAX_ATTEMPTS calls for {key}");
+    }
+    while let Some(dead) = broker.get(&env.dead_letter_queue()).await {
+        assert_eq!(
+            dead.header("x-error-kind").as_deref(),
+            Some("retries_exhausted")
+        );
+        assert_eq!(dead.header("x-attempts").as_deref(), Some("4"));
+    }
+    let metrics = daemon.metrics().await;
+    assert!(!daemon.logs().contains("circuit open"), "{}", daemon.logs());
+    assert_eq!(
+        metric(
+            &metrics,
+            "order_processor_circuit_open{dependency=\"payment\"}"
+        ),
+        0.0
+    );
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_crashing_its_consumer_is_dead_lettered_at_the_redelivery_limit() {
+    let env = TestEnv::new().await;
+    let poison = Uuid::new_v4();
+    let poison_key = poison.to_string();
+    // The poison order's charge never returns: each daemon is killed while
+    // it waits, as a crash on that message would end it.
+    let stub = PaymentStub::start({
+        let poison_key = poison_key.clone();
+        move |key, _| if key == poison_key { HANG } else { 201 }
+    })
+    .await;
+    let broker = Broker::connect().await;
+    broker.declare(&env).await;
+    broker
+        .publish(
+            &env.exchange,
+            &env.routing_key,
+            &common::order_json(poison, "tok_visa"),
+            Broker::properties(None),
+        )
+        .await;
+    let limit = [("ORDER_PROCESSOR__AMQP__REDELIVERY_LIMIT", "3")];
+    for crash in 1..=3 {
+        let mut daemon = Daemon::start(&env, &stub.url, &limit).await;
+        env.eventually(
+            Duration::from_secs(30),
+            "the poison order's charge",
+            || async { stub.calls_for(&poison_key).len() == crash },
+        )
+        .await;
+        daemon.stop_with("KILL", Duration::from_secs(10));
+    }
+
+    let daemon = Daemon::start(&env, &stub.url, &limit).await;
+    let others = env.publish_orders(20, "tok_visa").await;
+    env.eventually(Duration::from_secs(30), "the dead letter", || async {
+        broker.depth(&env.dead_letter_queue()).await == 1
+    })
+    .await;
+    env.eventually(Duration::from_secs(30), "the other orders", || async {
+        env.order_count().await == others.len() as i64
+    })
+    .await;
+    let dead = broker.get(&env.dead_letter_queue()).await.unwrap();
+    assert_eq!(dead.body, common::order_json(poison, "tok_visa"));
+    assert_eq!(
+        dead.header("x-error-kind").as_deref(),
+        Some("redelivery_limit")
+    );
+    assert_eq!(stub.calls_for(&poison_key).len(), 3, "not charged again");
+    assert_eq!(broker.depth(&env.queue).await, 0);
+    drop(daemon);
+    broker.close().await;
+}
