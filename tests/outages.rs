@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::TestEnv;
 use common::broker::Broker;
-use common::daemon::Daemon;
+use common::daemon::{Daemon, PaymentSim};
 use common::payment::{HANG, PaymentStub};
 use uuid::Uuid;
 
@@ -255,5 +255,97 @@ async fn a_message_that_keeps_crashing_its_consumer_is_dead_lettered_at_the_rede
     assert_eq!(stub.calls_for(&poison_key).len(), 3, "not charged again");
     assert_eq!(broker.depth(&env.queue).await, 0);
     drop(daemon);
+    broker.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_limits_the_rate_is_charged_close_to_its_limit_and_nothing_is_dead_lettered()
+ {
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&["--rate-limit", "200"]);
+    let ids = env.publish_orders(2000, "tok_visa").await;
+    let daemon = Daemon::start(&env, &sim.url, &[]).await;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let adapted = sim.stats().await;
+    env.eventually(Duration::from_secs(40), "every order saved", || async {
+        env.order_count().await == ids.len() as i64
+    })
+    .await;
+    let took = started.elapsed();
+    let end = sim.stats().await;
+    println!("{took:?}: after 3 s {adapted:?}, at the end {end:?}");
+
+    // 2000 orders at 200/s take 10 s at best: at least 70 % of the allowed rate.
+    assert!(took <= Duration::from_millis(14_285), "took {took:?}");
+    let late_calls = end["requests"] - adapted["requests"];
+    let late_throttled = end["rate_limited"] - adapted["rate_limited"];
+    assert!(
+        late_throttled * 4 <= late_calls,
+        "{late_throttled} of {late_calls} calls throttled once adapted"
+    );
+    assert!(end["requests"] <= 3 * ids.len() as u64, "{end:?}");
+    assert_eq!(end["charges"], ids.len() as u64);
+    let broker = Broker::connect().await;
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_one_killed_and_every_order_published_three_times_charge_and_save_each_once()
+{
+    let env = TestEnv::new().await;
+    // A charge takes long enough that two replicas often hold copies of
+    // one order at once: the second is answered 409 while the first runs.
+    let sim = PaymentSim::start(&["--latency-ms", "50"]);
+    let broker = Broker::connect().await;
+    broker.declare(&env).await;
+    let settings = [
+        ("ORDER_PROCESSOR__WORKERS__CONCURRENCY", "64"),
+        ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "200"),
+        ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "1000"),
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Daemon::start(&env, &sim.url, &settings).await);
+    }
+    let ids: Vec<Uuid> = (0..500).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        let body = common::order_json(*id, "tok_visa");
+        for _ in 0..3 {
+            broker
+                .publish(
+                    &env.exchange,
+                    &env.routing_key,
+                    &body,
+                    Broker::properties(None),
+                )
+                .await;
+        }
+    }
+    env.eventually(Duration::from_secs(60), "progress", || async {
+        env.order_count().await >= 100
+    })
+    .await;
+    replicas[0].stop_with("KILL", Duration::from_secs(10));
+    replicas[0] = Daemon::start(&env, &sim.url, &settings).await;
+
+    env.eventually(Duration::from_secs(120), "every order saved", || async {
+        env.order_count().await == ids.len() as i64
+    })
+    .await;
+    env.eventually(Duration::from_secs(60), "the queue drained", || async {
+        broker.depth(&env.queue).await == 0
+    })
+    .await;
+    let stats = sim.stats().await;
+    println!("{stats:?}");
+    assert_eq!(stats["charges"], ids.len() as u64, "one charge per order");
+    assert!(
+        stats["in_progress"] > 0,
+        "copies met at the provider: {stats:?}"
+    );
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
     broker.close().await;
 }

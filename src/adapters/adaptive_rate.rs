@@ -11,8 +11,9 @@
 //! rate at the last cut and `K` the time the curve takes to get back to
 //! it; another 429 cuts it again. Only a 429 for a charge sent after the
 //! last cut cuts the rate: the answers to charges sent before it describe
-//! the congestion that cut was for. A minute without any 429 and the
-//! limiter steps aside again.
+//! the congestion that cut was for (and the charges among them that were
+//! accepted still count towards the rate the cut is measured against). A
+//! minute without any 429 and the limiter steps aside again.
 //!
 //! The books take a lock for a few arithmetic operations; the waiting is
 //! done by the caller, outside it. This module reads no clock: `now` is
@@ -118,6 +119,9 @@ impl AdaptiveRate {
         if !throttled {
             books.count_accepted(now);
             if books.engaged {
+                if sent_at < books.last_cut {
+                    books.raise_to_accepted(now);
+                }
                 books.grow(now);
             }
             return;
@@ -193,6 +197,18 @@ impl Books {
         self.last_cut = now;
     }
 
+    /// Answers to charges sent before the cut are still arriving: what the
+    /// provider accepted over the last second may still grow, and the cut
+    /// is measured against it. (A burst's first 429 can come back before
+    /// most of the charges it accepted.)
+    fn raise_to_accepted(&mut self, now: Instant) {
+        let accepted = self.accepted_last_second(now);
+        if accepted > self.max_rate {
+            self.max_rate = accepted;
+            self.recovery = (self.max_rate * (1.0 - BETA) / SCALE).cbrt();
+        }
+    }
+
     fn grow(&mut self, now: Instant) {
         self.refill(now);
         let since_cut = now.saturating_duration_since(self.last_cut).as_secs_f64();
@@ -238,6 +254,24 @@ mod tests {
             limiter.answered(now + ms(1), now - ms(1), true);
         }
         assert!((limiter.rate().unwrap() - 140.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn accepted_answers_to_a_burst_that_arrive_after_its_first_429_still_count() {
+        let start = Instant::now();
+        let limiter = AdaptiveRate::new(start);
+        // 2000 charges sent at once; the first 429 comes back after only 20
+        // of the 200 the provider accepted.
+        for n in 0..20 {
+            limiter.answered(start + ms(n), start, false);
+        }
+        limiter.answered(start + ms(20), start, true);
+        for n in 20..200 {
+            limiter.answered(start + ms(21 + n), start, false);
+        }
+        let rate = limiter.rate().unwrap();
+        // β × 200, and the curve has started back up for 0.2 s.
+        assert!(rate > 140.0 && rate < 150.0, "{rate}");
     }
 
     #[test]
