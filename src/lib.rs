@@ -27,6 +27,7 @@ pub mod disposition;
 pub mod dlq;
 pub mod domain;
 pub mod health;
+pub mod healthcheck;
 pub mod metrics;
 pub mod publish;
 pub mod telemetry;
