@@ -257,13 +257,13 @@ fn check_daemon_healthcheck(daemon: &Value, errors: &mut Vec<String>) {
     }
     let bound = order_processor::healthcheck::TIMEOUT.as_secs();
     let timeout = str_at(daemon, &["healthcheck", "timeout"]).and_then(duration_secs);
-    if !timeout.is_some_and(|t| t > bound) {
+    if timeout.is_none_or(|t| t <= bound) {
         errors.push(format!(
             "order-processor: healthcheck.timeout {timeout:?} s must exceed the subcommand's own {bound} s"
         ));
     }
     let start = str_at(daemon, &["healthcheck", "start_period"]).and_then(duration_secs);
-    if !start.is_some_and(|s| s >= 30) {
+    if start.is_none_or(|s| s < 30) {
         errors.push(format!(
             "order-processor: healthcheck.start_period {start:?} s must leave the migrations at start 30 s or more"
         ));
