@@ -1,5 +1,5 @@
-//! The command line: `run` (the default), `migrate`, `publish` and
-//! `check-config`.
+//! The command line: `run` (the default), `migrate`, `publish`,
+//! `check-config`, `healthcheck` and `dlq`.
 
 use std::path::PathBuf;
 
@@ -35,6 +35,8 @@ pub enum Command {
     Publish(PublishArgs),
     /// Load the configuration, print it with secrets redacted, and exit.
     CheckConfig,
+    /// Exit 0 if the daemon listening on http.listen answers /readyz with 200, else 1.
+    Healthcheck,
     /// Inspect or replay the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),

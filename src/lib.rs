@@ -28,6 +28,7 @@ pub mod disposition;
 pub mod dlq;
 pub mod domain;
 pub mod health;
+pub mod healthcheck;
 pub mod intake;
 pub mod metrics;
 pub mod publish;

@@ -13,7 +13,7 @@ use order_processor::app;
 use order_processor::cli::{Cli, Command, DlqCommand};
 use order_processor::config::{ConfigError, Settings};
 use order_processor::telemetry::{self, LogTarget, Telemetry};
-use order_processor::{dlq, publish};
+use order_processor::{dlq, healthcheck, publish};
 
 /// Every order allocates and frees many small buffers on several threads;
 /// mimalloc's thread-local free lists make that markedly cheaper than the
@@ -113,6 +113,10 @@ async fn execute(cli: Cli, settings: Settings) -> Result<(), Failure> {
             say(format_args!("{shown}"));
             Ok(())
         }
+        // No telemetry: a probe run every few seconds must not log or export.
+        Command::Healthcheck => healthcheck::check(settings.http.listen)
+            .await
+            .map_err(|error| Failure::Runtime(error.to_string())),
         Command::Migrate => {
             let telemetry = Telemetry::init("order-processor", LogTarget::Stdout)?;
             let result = app::migrate(&settings).await;

@@ -1,5 +1,6 @@
 //! The command line as an operator meets it: exit codes, one-line errors
-//! that name the key, secrets that never print, migrations.
+//! that name the key, secrets that never print, migrations, the
+//! container healthcheck.
 
 #![allow(
     clippy::unwrap_used,
@@ -292,4 +293,89 @@ async fn replicas_migrating_a_new_database_at_once_all_succeed() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+/// `healthcheck` against whatever listens on `listen`: (exit code, stderr).
+fn healthcheck(listen: &str) -> (Option<i32>, String) {
+    let output = order_processor(
+        &["healthcheck"],
+        &[("ORDER_PROCESSOR__HTTP__LISTEN", listen)],
+    );
+    (
+        output.status.code(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// A one-connection HTTP server that answers `status_line` to the first request.
+fn answering(status_line: &'static str) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+            line.clear();
+        }
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 {status_line}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+    });
+    (address, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_0_while_the_daemon_is_ready() {
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&[]);
+    let daemon = Daemon::start(&env, &sim.url, &[]).await;
+    let listen = daemon.http.trim_start_matches("http://").to_owned();
+
+    let (code, stderr) = tokio::task::spawn_blocking(move || healthcheck(&listen))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
+#[test]
+fn healthcheck_exits_1_with_one_line_when_readyz_is_not_200() {
+    let (address, server) = answering("503 Service Unavailable");
+    let (code, stderr) = healthcheck(&address);
+    server.join().unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("not ready: http://{address}/readyz answered 503\n")
+    );
+}
+
+#[test]
+fn healthcheck_exits_1_with_one_line_when_nothing_listens() {
+    let port = common::free_port();
+    let (code, stderr) = healthcheck(&format!("0.0.0.0:{port}"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("not ready: nothing answered at http://127.0.0.1:{port}/readyz\n")
+    );
+}
+
+#[test]
+fn healthcheck_gives_up_on_a_daemon_that_never_answers() {
+    // Connections are accepted by the kernel into the backlog, never served.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (code, stderr) = healthcheck(&address);
+    drop(listener);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("not ready: http://{address}/readyz did not answer within 3 s\n")
+    );
 }

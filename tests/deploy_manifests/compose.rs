@@ -6,6 +6,7 @@ use std::process::Command;
 
 use serde_norway::Value;
 
+use crate::dockerfile::entrypoint;
 use crate::rendered::{env_tool, missing_tool, path_tool, run, text};
 use crate::yaml::{
     assert_clean, at, deploy_dir, parse_yaml, read, rel, scalar, seq_at, str_at, string_map, u64_at,
@@ -104,8 +105,11 @@ fn compose_defines_the_local_stack() {
         }
     }
     let image = |name: &str| svc(name).and_then(|s| str_at(s, &["image"])).unwrap_or("");
-    if !image("rabbitmq").starts_with("rabbitmq:3.13-management") {
-        errors.push("rabbitmq must run rabbitmq:3.13-management".to_owned());
+    let rabbitmq = image("rabbitmq");
+    if !(rabbitmq.starts_with("rabbitmq:4.") && rabbitmq.ends_with("-management")) {
+        errors.push(format!(
+            "rabbitmq must run a RabbitMQ 4.x management image, found {rabbitmq:?}"
+        ));
     }
     if !image("postgres").starts_with("postgres:16") {
         errors.push("postgres must run postgres:16".to_owned());
@@ -199,7 +203,18 @@ fn compose_defines_the_local_stack() {
             ));
         }
     }
+    if let Some(daemon) = svc("order-processor") {
+        check_daemon_healthcheck(daemon, &mut errors);
+    }
     if let Some(publish) = svc("publish") {
+        if str_at(publish, &["depends_on", "order-processor", "condition"])
+            != Some("service_healthy")
+        {
+            errors.push(
+                "publish must wait for a healthy order-processor (it declares the topology)"
+                    .to_owned(),
+            );
+        }
         let profiles: Vec<&str> = seq_at(publish, &["profiles"])
             .iter()
             .filter_map(Value::as_str)
@@ -224,6 +239,35 @@ fn compose_defines_the_local_stack() {
         }
     }
     assert_clean("deploy/compose.yaml", &errors);
+}
+
+/// The daemon's image has no shell: its healthcheck is its own
+/// `healthcheck` subcommand, run as the image's entrypoint, given more time
+/// than the subcommand itself takes at most.
+fn check_daemon_healthcheck(daemon: &Value, errors: &mut Vec<String>) {
+    let binary = entrypoint("order-processor").unwrap_or_default();
+    let test: Vec<String> = seq_at(daemon, &["healthcheck", "test"])
+        .iter()
+        .filter_map(scalar)
+        .collect();
+    if test != ["CMD", binary.as_str(), "healthcheck"] {
+        errors.push(format!(
+            "order-processor: healthcheck.test must be [CMD, {binary}, healthcheck], found {test:?}"
+        ));
+    }
+    let bound = order_processor::healthcheck::TIMEOUT.as_secs();
+    let timeout = str_at(daemon, &["healthcheck", "timeout"]).and_then(duration_secs);
+    if timeout.is_none_or(|t| t <= bound) {
+        errors.push(format!(
+            "order-processor: healthcheck.timeout {timeout:?} s must exceed the subcommand's own {bound} s"
+        ));
+    }
+    let start = str_at(daemon, &["healthcheck", "start_period"]).and_then(duration_secs);
+    if start.is_none_or(|s| s < 30) {
+        errors.push(format!(
+            "order-processor: healthcheck.start_period {start:?} s must leave the migrations at start 30 s or more"
+        ));
+    }
 }
 
 /// A Compose v2 command line: `$DOCKER_COMPOSE`, `docker compose` or a v2 `docker-compose`.

@@ -1,6 +1,6 @@
 //! Configuration overrides in the manifests name keys that exist.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde_norway::Value;
@@ -10,21 +10,34 @@ use crate::yaml::{
     assert_clean, at, k8s_dir, keys, parse_yaml, read, rel, scalar, str_at, yaml_files,
 };
 
-/// `(section, key)` pairs of `config/default.toml` (flat `[section]` + `key = value`).
-fn default_config_keys() -> BTreeSet<(String, String)> {
+/// `((section, key), value)` of `config/default.toml` (flat `[section]` +
+/// `key = value`, values as written).
+fn default_config() -> BTreeMap<(String, String), String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
     let mut section = String::new();
-    let mut out = BTreeSet::new();
+    let mut out = BTreeMap::new();
     for line in read(&path).lines().map(str::trim) {
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = name.trim().to_owned();
-        } else if let Some((key, _)) = line.split_once('=')
+        } else if let Some((key, value)) = line.split_once('=')
             && !line.starts_with('#')
         {
-            out.insert((section.clone(), key.trim().to_owned()));
+            out.insert(
+                (section.clone(), key.trim().to_owned()),
+                value.trim().trim_matches('"').to_owned(),
+            );
         }
     }
     out
+}
+
+fn default_config_keys() -> BTreeSet<(String, String)> {
+    default_config().into_keys().collect()
+}
+
+/// The value of `section.key` in `config/default.toml`.
+pub fn default_value(section: &str, key: &str) -> Option<String> {
+    default_config().remove(&(section.to_owned(), key.to_owned()))
 }
 
 /// An `ORDER_PROCESSOR__SECTION__KEY` override that matches no key of

@@ -60,6 +60,21 @@ fn dockerfile_stages() -> Vec<Stage> {
     stages
 }
 
+/// The executable a target's image runs: its ENTRYPOINT's first word, from
+/// the target stage or the nearest ancestor that sets one.
+pub fn entrypoint(target: &str) -> Option<String> {
+    let stages = dockerfile_stages();
+    let args = stage_chain(&stages, target).into_iter().find_map(|s| {
+        s.instructions
+            .iter()
+            .rev()
+            .find(|(i, _)| i == "ENTRYPOINT")
+            .map(|(_, a)| a.clone())
+    })?;
+    let words: Vec<String> = serde_json::from_str(&args).ok()?;
+    words.into_iter().next()
+}
+
 /// The stage and its ancestors (FROM another stage), nearest first.
 fn stage_chain<'a>(stages: &'a [Stage], name: &str) -> Vec<&'a Stage> {
     let mut chain = Vec::new();

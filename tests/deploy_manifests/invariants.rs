@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 
 use serde_norway::Value;
 
-use crate::autoscaling::check_autoscalers;
+use crate::autoscaling::{Sizing, check_autoscalers};
 use crate::credentials::{check_credential, check_secret, looks_secret_key};
+use crate::security::check_isolation;
 use crate::service::{check_pdb, check_service};
 use crate::workload::{check_daemon, check_workload};
 use crate::yaml::{Doc, at, seq_at, str_at, string_map, u64_at};
-use crate::{
-    CONFIGMAP, DAEMON, GRACE_KEY, LISTEN_KEY, OUR_IMAGES, QUEUE_KEY, SECRET_KEYS, WORKLOAD_KINDS,
-};
+use crate::{CONFIGMAP, DAEMON, GRACE_KEY, LISTEN_KEY, OUR_IMAGES, SECRET_KEYS, WORKLOAD_KINDS};
 
 pub fn find<'a>(docs: &'a [Doc], kind: &str, name: &str) -> Option<&'a Doc> {
     docs.iter().find(|d| d.is(kind, name))
@@ -99,18 +98,14 @@ pub fn check_pool(docs: &[Doc], rendered: bool) -> Vec<String> {
         Some(daemon) => check_daemon(daemon, docs, grace_ms, port, &mut errors),
         None => errors.push(format!("no Deployment {DAEMON}")),
     }
+    check_isolation(docs, &mut errors);
     for service in of_kind(docs, "Service") {
         check_service(service, docs, port, &mut errors);
     }
     for pdb in of_kind(docs, "PodDisruptionBudget") {
         check_pdb(pdb, docs, &mut errors);
     }
-    check_autoscalers(
-        docs,
-        data.get(QUEUE_KEY).map(String::as_str),
-        rendered,
-        &mut errors,
-    );
+    check_autoscalers(docs, &Sizing::from_config(&data), rendered, &mut errors);
     for doc in docs {
         match doc.kind() {
             "Secret" => check_secret(doc, &mut errors),

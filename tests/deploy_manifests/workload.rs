@@ -12,6 +12,10 @@ use crate::{
     CONFIGMAP, DAEMON, GRACE_KEY, LISTEN_KEY, MIN_MARGIN_MS, NONROOT_UID, SECRET, SECRET_KEYS,
 };
 
+/// How long a starting replica may take to become ready (migrations included)
+/// before the kubelet restarts it.
+const STARTUP_BUDGET_SECS: u64 = 120;
+
 /// Hardening and resources, for every workload.
 pub fn check_workload(doc: &Doc, errors: &mut Vec<String>) {
     let id = doc.id();
@@ -190,10 +194,12 @@ pub fn check_daemon(
             "{id}: container port http is {http} but the daemon listens on {listen} ({LISTEN_KEY})"
         ));
     }
+    // The startup probe waits for readiness, which comes after the migrations
+    // run at start: it must allow them STARTUP_BUDGET_SECS.
     for (probe, path, required) in [
         ("livenessProbe", "/healthz", true),
         ("readinessProbe", "/readyz", true),
-        ("startupProbe", "/healthz", false),
+        ("startupProbe", "/readyz", true),
     ] {
         let Some(p) = at(c, &[probe]) else {
             if required {
@@ -203,6 +209,16 @@ pub fn check_daemon(
         };
         if str_at(p, &["httpGet", "path"]) != Some(path) {
             errors.push(format!("{id}: {probe} must GET {path}"));
+        }
+        if probe == "startupProbe" {
+            let period = u64_at(p, &["periodSeconds"]).unwrap_or(10);
+            let failures = u64_at(p, &["failureThreshold"]).unwrap_or(3);
+            let budget = period.saturating_mul(failures);
+            if budget < STARTUP_BUDGET_SECS {
+                errors.push(format!(
+                    "{id}: startupProbe allows {failures} x {period} s = {budget} s; the migrations at start need {STARTUP_BUDGET_SECS} s"
+                ));
+            }
         }
         let target = at(p, &["httpGet", "port"]).and_then(|v| resolve_port(c, v));
         if target.is_none() || target != port {
