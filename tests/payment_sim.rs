@@ -69,7 +69,7 @@ impl Sim {
                 let _ = tx.send(line);
             }
         });
-        let mut address = |prefix: &str| {
+        let address = |prefix: &str| {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("payment-sim printed its addresses");
