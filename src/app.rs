@@ -12,7 +12,7 @@ use crate::adapters::amqp::{AmqpConsumer, BrokerCheckSettings, ConsumerSettings,
 use crate::adapters::http_server::{HttpServer, HttpServerError};
 use crate::adapters::payment_http::{self, HttpPaymentProvider, PaymentClientError};
 use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
-use crate::config::Settings;
+use crate::config::{ApiKey, Settings};
 use crate::health::Health;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
@@ -79,6 +79,7 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     let payments_in_flight = settings.payment_in_flight();
     let payments = HttpPaymentProvider::new(
         settings.payment.base_url.expose(),
+        settings.payment.api_key.as_ref().map(ApiKey::expose),
         payment_timeout,
         payments_in_flight,
         Arc::clone(&metrics),

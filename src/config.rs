@@ -8,7 +8,10 @@
 //! `check-config` output can show a password. The optional
 //! `amqp.management_url` is a [`Secret`] too: it may carry credentials
 //! (then set it through `ORDER_PROCESSOR__AMQP__MANAGEMENT_URL`), or none,
-//! and then the broker check uses those of `AMQP_URL`.
+//! and then the broker check uses those of `AMQP_URL`. The payment
+//! provider's credential is `PAYMENT_API_KEY` ([`ApiKey`]), never user info
+//! in `PAYMENT_BASE_URL`, which is refused: a URL is printed, logged and
+//! passed around far more freely than a key.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,74 +20,17 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
+pub use self::secrets::{ApiKey, Secret, redact_url};
 use crate::circuit::CircuitSettings;
 use crate::retry::RetryPolicy;
+
+mod secrets;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
 pub const DEFAULT_PAYMENT_BASE_URL: &str = "http://127.0.0.1:8081";
-
-/// A configuration value that must never be shown. `Debug`, `Display` and
-/// `Serialize` print it with its credentials replaced by `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The real value, for the one place that connects with it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url(&self.0))
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url(&self.0))
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&redact_url(&self.0))
-    }
-}
-
-/// Keeps the scheme, host, port and path of a URL, so an operator can see
-/// where it points, and hides the password, an HTTP URL's user name, and the
-/// whole query string (where drivers accept `password=` or `sslpassword=`).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "[redacted]".to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let host = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:[redacted]@{host}"),
-            // An HTTP API takes a key as the user name (`https://sk_live_…@psp`);
-            // a broker or database user name alone is no secret.
-            None if scheme.starts_with("http") => format!("[redacted]@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let path = match tail.split_once('?') {
-        Some((path, _query)) => format!("{path}?[redacted]"),
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{host}{path}")
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -135,6 +81,8 @@ pub struct RetrySettings {
 #[derive(Debug, Clone, Serialize)]
 pub struct PaymentSettings {
     pub base_url: Secret,
+    /// Sent as `Authorization: Bearer <key>` with every charge, when set.
+    pub api_key: Option<ApiKey>,
     pub timeout_ms: u64,
     /// Charges sent to the provider at the same time; 0 means as many as
     /// the worker pool.
@@ -302,7 +250,9 @@ impl Settings {
                     "PAYMENT_BASE_URL",
                     DEFAULT_PAYMENT_BASE_URL,
                     &["http", "https"],
-                )?,
+                )
+                .and_then(without_user_info)?,
+                api_key: env.var(ApiKey::VARIABLE)?.map(ApiKey::parse).transpose()?,
                 timeout_ms: layered.payment.timeout_ms,
                 max_in_flight: layered.payment.max_in_flight,
             },
@@ -546,6 +496,24 @@ fn optional_url(
     }
 }
 
+/// The provider's credential goes in `PAYMENT_API_KEY`, not in the URL: the
+/// HTTP client would send user info as Basic credentials, and a URL is shown
+/// and logged where a key never is.
+fn without_user_info(url: Secret) -> Result<Secret, ConfigError> {
+    let parsed = reqwest::Url::parse(url.expose())
+        .map_err(|_| ConfigError::new("PAYMENT_BASE_URL", "is not a valid URL"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(ConfigError::new(
+            "PAYMENT_BASE_URL",
+            format!(
+                "must not carry a user name or password (put the provider's key in {})",
+                ApiKey::VARIABLE
+            ),
+        ));
+    }
+    Ok(url)
+}
+
 /// Refuses what the client would later reject: the clients' own parse
 /// errors can quote the whole URL, password included, so none may reach
 /// them. A PostgreSQL URL may leave out the host (a Unix socket).
@@ -764,21 +732,41 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_redacted_in_every_shape() {
-        assert_eq!(
-            redact_url("postgres://u:p@h:5432/db"),
-            "postgres://u:[redacted]@h:5432/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("http://h:8081"), "http://h:8081");
-        assert_eq!(
-            redact_url("https://sk_live_123@psp.example/api"),
-            "https://[redacted]@psp.example/api"
-        );
-        assert_eq!(
-            redact_url("postgres://h/db?password=p"),
-            "postgres://h/db?[redacted]"
-        );
-        assert_eq!(redact_url("not a url"), "[redacted]");
+    fn the_api_key_is_optional_and_never_prints() {
+        assert!(load("", &[]).unwrap().payment.api_key.is_none());
+        let settings = load("", &[("PAYMENT_API_KEY", "sk_live_hunter2")]).unwrap();
+        let key = settings.payment.api_key.as_ref().unwrap();
+        assert_eq!(key.expose(), "sk_live_hunter2");
+        let shown = format!("{settings:?} {}", serde_json::to_string(&settings).unwrap());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(r#""api_key":"[redacted]""#), "{shown}");
+    }
+
+    #[test]
+    fn an_empty_or_unsendable_api_key_names_the_variable_without_showing_it() {
+        for bad in ["", "sk_live_hunter2\n", "sk live hunter2"] {
+            let error = load("", &[("PAYMENT_API_KEY", bad)]).unwrap_err();
+            assert_eq!(error.key, "PAYMENT_API_KEY", "{bad:?}");
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_payment_url_with_user_info_is_refused_without_being_shown() {
+        for url in [
+            "https://sk_live_hunter2@psp.example",
+            "https://sk_live_hunter2:@psp.example",
+            "https://user:hunter2@psp.example/api",
+            "https://:hunter2@psp.example",
+        ] {
+            let error = load("", &[("PAYMENT_BASE_URL", url)]).unwrap_err();
+            assert_eq!(error.key, "PAYMENT_BASE_URL", "{url}");
+            let line = error.to_string();
+            assert!(!line.contains("hunter2") && !line.contains("psp"), "{line}");
+            assert!(line.contains("PAYMENT_API_KEY"), "{line}");
+        }
+        // A management URL may still carry credentials: it is not sent anywhere
+        // but the broker's own API.
+        assert!(load("amqp.management_url = \"https://ops:pw@mq:15671\"", &[]).is_ok());
     }
 }

@@ -67,7 +67,8 @@ pub enum UnavailableReason {
     InProgress,
     /// 429: the provider limits the rate of charges.
     RateLimited,
-    /// A 2xx that is not a settled charge with a usable id.
+    /// A 2xx that is not a settled charge with a usable id (1 to 255
+    /// printable ASCII characters).
     InvalidResponse,
 }
 
@@ -98,7 +99,9 @@ impl std::fmt::Display for UnavailableReason {
             Self::Status(status) => write!(f, "status {status}"),
             Self::InProgress => f.write_str("status 409: the charge is in progress elsewhere"),
             Self::RateLimited => f.write_str("status 429: rate limited"),
-            Self::InvalidResponse => f.write_str("unreadable answer"),
+            Self::InvalidResponse => f.write_str(
+                "the provider's success answer had no settled charge with a usable charge_id",
+            ),
         }
     }
 }

@@ -48,13 +48,30 @@ fn is_ours(meta: &tracing::Metadata<'_>) -> bool {
     meta.target().starts_with("order_processor") && *meta.level() <= tracing::Level::INFO
 }
 
-/// The AMQP client's TRACE lines dump whole frames, the login's password
-/// included: never enabled, whatever `RUST_LOG` asks for.
-fn dumps_frames(meta: &tracing::Metadata<'_>) -> bool {
-    *meta.level() == tracing::Level::TRACE
-        && ["lapin", "amq_protocol"]
-            .iter()
-            .any(|client| meta.target().starts_with(client))
+/// Lines no `RUST_LOG` can enable, because they can carry secrets:
+/// - the AMQP client's TRACE lines dump whole frames, the login's password
+///   included;
+/// - the HTTP clients' DEBUG and TRACE lines (hyper, hyper-util, reqwest, and
+///   h2 under the OTLP exporter) name connection-pool keys with a URL's
+///   authority (`pooling idle connection for ("https", user:password@host)`)
+///   and can show request headers, such as the provider's `Authorization`.
+///   Their INFO and above still show. rustls is not capped: it never sees
+///   an HTTP header or a URL's user info, only the server's name.
+fn never_shown(meta: &tracing::Metadata<'_>) -> bool {
+    let level = *meta.level();
+    let target = meta.target();
+    (level == tracing::Level::TRACE && is_from(target, &["lapin", "amq_protocol"]))
+        || (level > tracing::Level::INFO
+            && is_from(target, &["hyper", "hyper_util", "reqwest", "h2"]))
+}
+
+/// Whether `target` is one of `crates` or a module of one.
+fn is_from(target: &str, crates: &[&str]) -> bool {
+    crates.iter().any(|name| {
+        target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
 }
 
 impl<S> tracing_subscriber::Layer<S> for JsonLogs
@@ -65,14 +82,14 @@ where
         if is_ours(meta) {
             return Interest::always();
         }
-        if dumps_frames(meta) {
+        if never_shown(meta) {
             return Interest::never();
         }
         tracing_subscriber::Layer::<S>::register_callsite(&self.filter, meta)
     }
 
     fn enabled(&self, meta: &tracing::Metadata<'_>, ctx: LayerContext<'_, S>) -> bool {
-        is_ours(meta) || (!dumps_frames(meta) && self.filter.enabled(meta, ctx))
+        is_ours(meta) || (!never_shown(meta) && self.filter.enabled(meta, ctx))
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
@@ -112,7 +129,7 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: LayerContext<'_, S>) {
         let meta = event.metadata();
-        if dumps_frames(meta)
+        if never_shown(meta)
             || !self.filter.enabled(meta, ctx.clone())
             || !once_for_exporter_errors(meta)
         {

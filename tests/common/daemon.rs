@@ -121,33 +121,51 @@ impl Drop for Daemon {
     }
 }
 
-/// A running `payment-sim`; killed when dropped.
+/// A running `payment-sim`; killed when dropped. It always has an admin
+/// listener of its own, so that [`PaymentSim::outage`] can close the charge
+/// port (`refuse`) while the counters stay readable.
 pub struct PaymentSim {
     child: Child,
+    /// The charge API: what the daemon's `PAYMENT_BASE_URL` points at.
     pub url: String,
+    /// The admin listener: the outage switch, `/stats`, `/v1/charges/{key}`.
+    pub admin: String,
+}
+
+/// An outage of `payment-sim`, switched on and off while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimOutage {
+    /// Every charge answered 503, with `Retry-After: <seconds>` if given.
+    Unavailable { retry_after: Option<u64> },
+    /// The charge port closed: connections refused (ECONNREFUSED).
+    Refuse,
+    /// Back to normal, listening again on the same address.
+    Off,
 }
 
 impl PaymentSim {
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(PAYMENT_SIM)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(args)
+            .env_remove("PAYMENT_SIM_API_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let address = line.trim().rsplit(' ').next().unwrap().to_owned();
-        Self {
-            child,
-            url: format!("http://{address}"),
-        }
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut address = || {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            format!("http://{}", line.trim().rsplit(' ').next().unwrap())
+        };
+        let url = address();
+        let admin = address();
+        Self { child, url, admin }
     }
 
     pub async fn stats(&self) -> HashMap<String, u64> {
-        reqwest::get(format!("{}/stats", self.url))
+        reqwest::get(format!("{}/stats", self.admin))
             .await
             .unwrap()
             .json()
@@ -157,13 +175,36 @@ impl PaymentSim {
 
     /// What the simulator recorded for one idempotency key.
     pub async fn charge(&self, key: &str) -> Option<serde_json::Value> {
-        let response = reqwest::get(format!("{}/v1/charges/{key}", self.url))
+        let response = reqwest::get(format!("{}/v1/charges/{key}", self.admin))
             .await
             .unwrap();
         if response.status() == 404 {
             return None;
         }
         Some(response.json().await.unwrap())
+    }
+
+    /// Switches an outage on or off; returns once it is in force (the port
+    /// closed, or open again).
+    pub async fn outage(&self, outage: SimOutage) {
+        let form = match outage {
+            SimOutage::Unavailable {
+                retry_after: Some(seconds),
+            } => format!("mode=503&retry_after={seconds}"),
+            SimOutage::Unavailable { retry_after: None } => "mode=503".to_owned(),
+            SimOutage::Refuse => "mode=refuse".to_owned(),
+            SimOutage::Off => "mode=off".to_owned(),
+        };
+        let response = reqwest::Client::new()
+            .post(format!("{}/admin/outage", self.admin))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "payment-sim refused the outage switch: {body}");
     }
 }
 

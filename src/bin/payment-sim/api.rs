@@ -9,33 +9,38 @@
 //! - any other token: 503 with probability `--fail-rate`, else 402 with probability
 //!   `--decline-rate`, else a new charge.
 //!
-//! A request is evaluated in this order: body and header validation (400) → replay of
-//! a recorded key (200 with the same `charge_id`, or 402; 409 if the amount or currency
-//! differs from the recorded one) → latency → 422 for an invalid request (`tok_reject`,
-//! empty `order_id`/`customer_id`, `amount_minor` <= 0, currency not three upper-case
+//! A request is evaluated in this order, as a provider's front door would: a `503`
+//! outage switched on at the admin endpoint (503, [`crate::outage`]) → `--api-key`
+//! (401 without `Authorization: Bearer <key>`) → `--rate-limit` (429 with
+//! `Retry-After`, [`crate::limit`]) → body and header validation (400) → replay of a
+//! recorded key (200 with the same `charge_id`, or 402; 422 if the amount or currency
+//! differs from the recorded one) → 409 if another request for the key is still being
+//! processed → latency → 422 for an invalid request (`tok_reject`, empty
+//! `order_id`/`customer_id`, `amount_minor` <= 0, currency not three upper-case
 //! letters) → `tok_fail`/`--fail-rate` (503) → `tok_decline`/`--decline-rate` (402,
-//! recorded) → new charge (201, `charge_id` = `ch_` + 32 hex digits).
+//! recorded) → new charge (201, `charge_id` = `ch_` + 32 hex digits). Nothing is
+//! recorded for a 503, 401, 429 or 409.
 //!
 //! Inspection endpoints: `GET /v1/charges/{key}` (the recorded outcome, how many
 //! well-formed POSTs carried the key, and the last `traceparent` seen), `GET /stats`
-//! (counters, with `requests = charges + replays + declined + rejected + failed`) and
-//! `GET /healthz`.
+//! (counters, with `requests` the sum of all the others) and `GET /healthz`.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
+use crate::limit::{RateLimit, retry_after_seconds};
+use crate::outage::{self, Outage};
+use crate::reply::{BAD_BODY, NO_KEY, Reply, Stats, StatsView, bump, charge_id, json, to_json};
 use crate::store::{Kind, Store, Touch};
 
 /// The longest `Idempotency-Key` accepted (as at real providers); with `--max-keys` it
@@ -46,10 +51,33 @@ const MAX_TRACEPARENT_LEN: usize = 512;
 /// A charge body is ~200 bytes; refuse large ones before parsing them.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// How the simulator behaves, from the command line.
+pub struct Behaviour {
+    /// Most idempotency keys remembered.
+    pub max_keys: usize,
+    /// Delay of every first request for a key.
+    pub latency: Duration,
+    /// Delay of a `tok_slow` request.
+    pub slow: Duration,
+    /// Probabilities in 0..=1.
+    pub fail_rate: f64,
+    pub decline_rate: f64,
+    /// Charges accepted per second, if limited.
+    pub rate_limit: Option<u32>,
+    /// The bearer token every charge must carry, if any.
+    pub api_key: Option<String>,
+    /// Whether the admin routes have a listener of their own (`--admin-listen`).
+    pub admin_listener: bool,
+}
+
 /// What every handler shares: the store, the counters and the injected behaviour.
 pub struct App {
     store: Store,
     stats: Stats,
+    outage: Outage,
+    rate_limit: Option<RateLimit>,
+    /// `Bearer <key>`, the whole expected header value.
+    authorization: Option<Box<[u8]>>,
     latency: Duration,
     slow: Duration,
     fail_rate: f64,
@@ -57,22 +85,19 @@ pub struct App {
 }
 
 impl App {
-    /// `latency` delays every first request for a key, `slow` a `tok_slow` one; the
-    /// rates are probabilities in 0..=1.
-    pub fn new(
-        max_keys: usize,
-        latency: Duration,
-        slow: Duration,
-        fail_rate: f64,
-        decline_rate: f64,
-    ) -> Self {
+    pub fn new(behaviour: Behaviour) -> Self {
         Self {
-            store: Store::new(max_keys),
+            store: Store::new(behaviour.max_keys),
             stats: Stats::default(),
-            latency,
-            slow,
-            fail_rate,
-            decline_rate,
+            outage: Outage::new(behaviour.admin_listener),
+            rate_limit: behaviour.rate_limit.map(RateLimit::new),
+            authorization: behaviour
+                .api_key
+                .map(|key| format!("Bearer {key}").into_bytes().into_boxed_slice()),
+            latency: behaviour.latency,
+            slow: behaviour.slow,
+            fail_rate: behaviour.fail_rate,
+            decline_rate: behaviour.decline_rate,
         }
     }
 
@@ -80,55 +105,74 @@ impl App {
     pub fn stats(&self) -> StatsView {
         self.stats.snapshot()
     }
-}
 
-/// The simulator's routes over `app`.
-pub fn router(app: &'static App) -> Router {
-    Router::new()
-        .route("/v1/charges", post(create_charge))
-        .route("/v1/charges/{key}", get(get_charge))
-        .route("/stats", get(get_stats))
-        .route("/healthz", get(healthz))
-        .with_state(app)
-}
+    pub fn outage(&self) -> &Outage {
+        &self.outage
+    }
 
-/// Counters for `GET /stats`. Relaxed: they are independent tallies, read for reporting.
-/// Every POST lands in exactly one of the outcome counters.
-#[derive(Default)]
-struct Stats {
-    requests: AtomicU64,
-    charges: AtomicU64,
-    replays: AtomicU64,
-    declined: AtomicU64,
-    rejected: AtomicU64,
-    failed: AtomicU64,
-}
-
-#[derive(Serialize)]
-pub struct StatsView {
-    pub requests: u64,
-    pub charges: u64,
-    pub replays: u64,
-    pub declined: u64,
-    pub rejected: u64,
-    pub failed: u64,
-}
-
-impl Stats {
-    fn snapshot(&self) -> StatsView {
-        StatsView {
-            requests: self.requests.load(Ordering::Relaxed),
-            charges: self.charges.load(Ordering::Relaxed),
-            replays: self.replays.load(Ordering::Relaxed),
-            declined: self.declined.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
+    /// The provider's front door: an outage, a missing API key or the rate limit
+    /// answer before the request is looked at.
+    fn gate(&self, headers: &HeaderMap) -> Option<Reply> {
+        if let Some(reply) = self.outage.reply() {
+            return Some(reply);
         }
+        if let Some(expected) = &self.authorization
+            && !authorized(headers, expected)
+        {
+            return Some(Reply::Unauthorized);
+        }
+        if let Some(limit) = &self.rate_limit
+            && let Err(wait) = limit.acquire()
+        {
+            return Some(Reply::RateLimited(retry_after_seconds(wait)));
+        }
+        None
     }
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+/// The charge API and the inspection routes, for the main listener; with
+/// `admin_routes`, the outage switch too (when there is no admin listener).
+pub fn router(app: &'static App, admin_routes: bool) -> Router {
+    let router = inspection().route("/v1/charges", post(create_charge));
+    let router = if admin_routes {
+        with_outage_switch(router)
+    } else {
+        router
+    };
+    router.with_state(app)
+}
+
+/// The admin listener's routes: the outage switch and the inspection routes.
+pub fn admin(app: &'static App) -> Router {
+    with_outage_switch(inspection()).with_state(app)
+}
+
+fn with_outage_switch(router: Router<&'static App>) -> Router<&'static App> {
+    router.route("/admin/outage", post(outage::switch).get(outage::show))
+}
+
+fn inspection() -> Router<&'static App> {
+    Router::new()
+        .route("/v1/charges/{key}", get(get_charge))
+        .route("/stats", get(get_stats))
+        .route("/healthz", get(healthz))
+}
+
+/// `Authorization: Bearer <key>`, the scheme's name in any case (RFC 9110 §11.1).
+fn authorized(headers: &HeaderMap, expected: &[u8]) -> bool {
+    const SCHEME: usize = "Bearer ".len();
+    let Some(given) = headers.get(AUTHORIZATION).map(|v| v.as_bytes()) else {
+        return false;
+    };
+    match (
+        given.split_at_checked(SCHEME),
+        expected.split_at_checked(SCHEME),
+    ) {
+        (Some((scheme, token)), Some((want_scheme, want_token))) => {
+            scheme.eq_ignore_ascii_case(want_scheme) && token == want_token
+        }
+        _ => false,
+    }
 }
 
 /// The charge body. Strings borrow from the request bytes unless they hold escapes.
@@ -154,115 +198,6 @@ impl ChargeRequest<'_> {
             && self.currency.len() == 3
             && self.currency.bytes().all(|b| b.is_ascii_uppercase())
     }
-}
-
-pub enum Reply {
-    Created(Uuid),
-    Replayed(Uuid),
-    Declined,
-    DeclineReplayed,
-    BadRequest(&'static str),
-    Conflict,
-    Rejected,
-    Failed,
-    StoreFull,
-}
-
-impl Reply {
-    /// Counts the answer and builds it. Bodies are written by hand: they are tiny and
-    /// fixed, and the charge id is hex, so there is nothing to escape.
-    fn respond(self, stats: &Stats) -> Response {
-        match self {
-            Self::Created(id) => {
-                bump(&stats.charges);
-                charge_response(StatusCode::CREATED, id)
-            }
-            Self::Replayed(id) => {
-                bump(&stats.replays);
-                charge_response(StatusCode::OK, id)
-            }
-            Self::Declined => {
-                bump(&stats.declined);
-                declined_response()
-            }
-            Self::DeclineReplayed => {
-                bump(&stats.replays);
-                declined_response()
-            }
-            Self::BadRequest(body) => {
-                bump(&stats.rejected);
-                json(StatusCode::BAD_REQUEST, body)
-            }
-            Self::Conflict => {
-                bump(&stats.rejected);
-                json(
-                    StatusCode::CONFLICT,
-                    r#"{"error":"idempotency_conflict","message":"key reused with another amount or currency"}"#,
-                )
-            }
-            Self::Rejected => {
-                bump(&stats.rejected);
-                json(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    r#"{"error":"rejected","message":"charge request rejected"}"#,
-                )
-            }
-            Self::Failed => {
-                bump(&stats.failed);
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"error":"unavailable","message":"simulated provider failure"}"#,
-                )
-            }
-            Self::StoreFull => {
-                bump(&stats.failed);
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"error":"store_full","message":"--max-keys reached"}"#,
-                )
-            }
-        }
-    }
-}
-
-const NO_KEY: &str =
-    r#"{"error":"bad_request","message":"missing or invalid Idempotency-Key header"}"#;
-const BAD_BODY: &str = r#"{"error":"bad_request","message":"body is not a JSON charge request"}"#;
-
-fn json(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
-    let mut response = Response::new(body.into());
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-fn push_charge_id(out: &mut String, id: Uuid) {
-    let mut hex = [0u8; uuid::fmt::Simple::LENGTH];
-    out.push_str("ch_");
-    out.push_str(id.simple().encode_lower(&mut hex));
-}
-
-fn charge_id(id: Uuid) -> String {
-    let mut out = String::with_capacity(3 + uuid::fmt::Simple::LENGTH);
-    push_charge_id(&mut out, id);
-    out
-}
-
-fn charge_response(status: StatusCode, id: Uuid) -> Response {
-    let mut body = String::with_capacity(72);
-    body.push_str(r#"{"charge_id":""#);
-    push_charge_id(&mut body, id);
-    body.push_str(r#"","status":"succeeded"}"#);
-    json(status, body)
-}
-
-fn declined_response() -> Response {
-    json(
-        StatusCode::PAYMENT_REQUIRED,
-        r#"{"status":"declined","error":"card_declined"}"#,
-    )
 }
 
 /// A usable `Idempotency-Key`: present, visible ASCII, 1..=255 bytes.
@@ -293,17 +228,22 @@ async fn create_charge(State(app): State<&'static App>, request: Request) -> Res
 }
 
 async fn charge(app: &App, headers: &HeaderMap, bytes: &Bytes) -> Reply {
+    if let Some(reply) = app.gate(headers) {
+        return reply;
+    }
     let Some(key) = idempotency_key(headers) else {
         return Reply::BadRequest(NO_KEY);
     };
     let Ok(request) = serde_json::from_slice::<ChargeRequest<'_>>(bytes) else {
         return Reply::BadRequest(BAD_BODY);
     };
-    match app.store.touch(key, traceparent(headers), &request) {
+    // Held until the request is answered: meanwhile, others for the key get 409.
+    let claim = match app.store.touch(key, traceparent(headers), &request) {
         Touch::Recorded(reply) => return reply,
+        Touch::InProgress => return Reply::InProgress,
         Touch::Full => return Reply::StoreFull,
-        Touch::Fresh => {}
-    }
+        Touch::Fresh(claim) => claim,
+    };
 
     let token = request.payment_token.as_ref();
     let delay = if token == "tok_slow" {
@@ -328,7 +268,7 @@ async fn charge(app: &App, headers: &HeaderMap, bytes: &Bytes) -> Reply {
         // A v4 UUID from the thread-local RNG: no getrandom syscall per charge.
         Kind::Charged(uuid::Builder::from_random_bytes(rand::rng().random()).into_uuid())
     };
-    app.store.settle(key, kind, &request)
+    claim.settle(kind, &request)
 }
 
 #[derive(Serialize)]
@@ -371,14 +311,4 @@ async fn get_stats(State(app): State<&'static App>) -> Response {
 
 async fn healthz() -> impl IntoResponse {
     "ok"
-}
-
-fn to_json(status: StatusCode, value: &impl Serialize) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => json(status, body),
-        Err(_) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"error":"internal","message":"cannot serialise the response"}"#,
-        ),
-    }
 }

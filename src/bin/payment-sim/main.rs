@@ -1,22 +1,30 @@
 //! `payment-sim`: a local stand-in for the payment provider, for demos, integration
 //! tests and load benchmarks of `order-processor`. It speaks the provider's API
 //! (`POST /v1/charges` with an `Idempotency-Key` header, answering 201/200 for a
-//! charge, 402 for a decline, 400/409/422 for a rejection and 503 for a transient
-//! failure), keeps every idempotency key in memory so that a replay answers what the
-//! first request got, and can inject latency, failures and declines at chosen rates.
+//! charge, 402 for a decline, 400/422 for a rejection, 409 while a request with the
+//! same key is in progress, and 503 for a transient failure), keeps every idempotency
+//! key in memory so that a replay answers what the first request got, and can inject
+//! latency, failures and declines at chosen rates. It can also act as a production
+//! provider does at its front door: require an API key (401), limit the rate of
+//! charges (429 with `Retry-After`), and go down on request (503, or refused
+//! connections) through an admin endpoint ([`outage`]).
 //!
 //! It is shaped by the benchmark it serves: it shares a 2-core machine with RabbitMQ,
 //! PostgreSQL and the daemon while ~20 000 charges/s go through it, so every request
 //! must cost as little CPU as possible. Hence no per-request logging or middleware,
 //! plain keep-alive HTTP/1.1, a store split into independently locked shards
 //! ([`store`]), statistics in relaxed atomics, a thread-local RNG, and hand-built
-//! response bodies ([`api`]). It is self-contained (it does not link the
+//! response bodies ([`reply`]); the optional behaviours cost nothing when off. It is self-contained (it does not link the
 //! `order_processor` library) so that it stays a faithful *external* party, and it
 //! never panics: every fallible step answers an HTTP error or exits with a message.
 //!
 //! This file is the process: command line, start-up, signals and shutdown.
 
 mod api;
+mod limit;
+mod outage;
+mod reply;
+mod serve;
 mod store;
 
 use std::io::{IsTerminal as _, Write as _};
@@ -24,11 +32,11 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use clap::Parser;
 use tokio::sync::watch;
 
-use crate::api::App;
+use crate::api::{App, Behaviour};
+use crate::serve::{Ended, Servers, Signals};
 
 const TOKENS_HELP: &str = "\
 Deterministic payment tokens (the body's \"payment_token\"):
@@ -40,7 +48,27 @@ Deterministic payment tokens (the body's \"payment_token\"):
                --decline-rate, else a new charge (201; 200 with the same
                charge_id on a replay of the Idempotency-Key)
 
-Endpoints: POST /v1/charges, GET /v1/charges/{key}, GET /stats, GET /healthz.
+Evaluation order of a charge: outage (503) -> --api-key (401) -> --rate-limit
+(429 with Retry-After) -> request checks (400) -> replay of a recorded key (200/402;
+422 if reused with another amount or currency) -> 409 while another request with the
+same Idempotency-Key is in progress -> the token rules above.
+
+Endpoints: POST /v1/charges, GET /v1/charges/{key}, GET /stats, GET /healthz,
+POST /admin/outage, GET /admin/outage.
+
+Outages, switched while running: POST /admin/outage with mode=503|refuse|off in the
+query string or a form body (curl -d mode=503 ADMIN/admin/outage).
+  503     every charge answered 503, with Retry-After if retry_after=SECONDS is given
+  refuse  the charge port is closed: new connections are refused and idle ones
+          closed; when the outage ends the same address is listened on again.
+          Needs --admin-listen (else answered 409): the admin routes must stay up.
+  off     back to normal
+The answer comes once the switch took effect.
+
+/admin/outage is served on --admin-listen when given, else on --listen; GET /stats,
+/healthz and /v1/charges/{key} are served on both. Stdout carries two lines: \"payment-sim listening on ADDR\" then \"payment-sim admin listening on ADDR\"
+(the same address as the first without --admin-listen).
+
 Logging: RUST_LOG (default info; only start-up problems and shutdown are logged).
 Worker threads: TOKIO_WORKER_THREADS (default: one per CPU).";
 
@@ -101,6 +129,36 @@ struct Cli {
         allow_negative_numbers = true
     )]
     max_keys: usize,
+
+    /// Charges accepted per second (a token bucket of N refilled at N/s); beyond, 429
+    /// with Retry-After in whole seconds. Off by default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit: Option<u32>,
+
+    /// Every charge must carry `Authorization: Bearer KEY`, else 401 (nothing recorded).
+    /// Prefer the variable: a command line is visible to every user of the machine.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "PAYMENT_SIM_API_KEY",
+        hide_env_values = true,
+        value_parser = parse_api_key
+    )]
+    api_key: Option<String>,
+
+    /// IP:PORT of a second listener for the admin routes, which stays up during a
+    /// `refuse` outage; port 0 picks a free port (printed on stdout's second line).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+}
+
+/// A bearer token: visible ASCII without spaces, so that it fits in the header as is.
+fn parse_api_key(s: &str) -> Result<String, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err("must be visible ASCII characters without spaces".to_owned())
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -210,46 +268,46 @@ async fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            stderr_line(&format!(
-                "payment-sim: cannot listen on {}: {e}",
-                cli.listen
-            ));
+    let (api, bound) = match listen(cli.listen).await {
+        Ok(listening) => listening,
+        Err(line) => {
+            stderr_line(&line);
             return ExitCode::FAILURE;
         }
     };
-    let bound = match listener.local_addr() {
-        Ok(addr) => addr,
-        Err(e) => {
-            stderr_line(&format!(
-                "payment-sim: cannot read the address bound for {}: {e}",
-                cli.listen
-            ));
-            return ExitCode::FAILURE;
-        }
+    let admin = match cli.admin_listen {
+        Some(address) => match listen(address).await {
+            Ok(listening) => Some(listening),
+            Err(line) => {
+                stderr_line(&line);
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
     };
 
-    let latency = Duration::from_millis(cli.latency_ms);
     let slow = Duration::from_millis(cli.latency_ms.saturating_mul(10)).max(MIN_SLOW);
     // Leaked once: handlers get a `&'static` (Copy) instead of cloning an `Arc`, whose
     // shared reference count would bounce between the cores on every request.
-    let app: &'static App = Box::leak(Box::new(App::new(
-        cli.max_keys,
-        latency,
+    let app: &'static App = Box::leak(Box::new(App::new(Behaviour {
+        max_keys: cli.max_keys,
+        latency: Duration::from_millis(cli.latency_ms),
         slow,
-        cli.fail_rate,
-        cli.decline_rate,
-    )));
-    let router = api::router(app);
+        fail_rate: cli.fail_rate,
+        decline_rate: cli.decline_rate,
+        rate_limit: cli.rate_limit,
+        api_key: cli.api_key,
+        admin_listener: admin.is_some(),
+    })));
+    let admin_bound = admin.as_ref().map_or(bound, |(_, address)| *address);
 
-    // Tests and scripts read this line to learn the port; written without `println!`,
-    // which would panic if stdout were closed.
+    // Tests and scripts read these lines to learn the ports; written without
+    // `println!`, which would panic if stdout were closed.
     {
-        // Ignored: with stdout gone the simulator still serves; only the line is lost.
+        // Ignored: with stdout gone the simulator still serves; only the lines are lost.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "payment-sim listening on {bound}");
+        let _ = writeln!(out, "payment-sim admin listening on {admin_bound}");
         let _ = out.flush();
     }
 
@@ -259,33 +317,25 @@ async fn run(cli: Cli) -> ExitCode {
         // Ignored: with every receiver gone there is nothing left to stop.
         let _ = stop_tx.send(true);
     });
-    // Without TCP_NODELAY a reply that leaves in two writes can stall ~40 ms behind
-    // the client's delayed ACK (Nagle), which would dominate a microsecond replay.
-    let listener = listener.tap_io(|tcp| {
-        // Ignored: without it a connection is slower, not wrong.
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let servers = Servers {
+        api,
+        api_router: api::router(app, admin.is_none()),
+        admin: admin.map(|(listener, _)| (listener, api::admin(app))),
+        outage: app.outage(),
+    };
     // Graceful shutdown waits for open connections; bound that wait so a client that
     // keeps a request open cannot hold the process forever.
-    let deadline = async move {
-        stopped(stop_rx).await;
-        tokio::time::sleep(SHUTDOWN_GRACE.saturating_add(slow)).await;
-    };
-    let code = tokio::select! {
-        result = server => match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("server failed: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        () = deadline => {
+    let code = match servers
+        .run(stop_rx, SHUTDOWN_GRACE.saturating_add(slow))
+        .await
+    {
+        Ended::Drained => ExitCode::SUCCESS,
+        Ended::GraceElapsed => {
             tracing::warn!("shutdown grace period elapsed; dropping open connections");
             ExitCode::SUCCESS
         }
     };
-    // Stopped by the server's own failure rather than a signal: the signal
+    // Stopped by the servers' own failure rather than a signal: the signal
     // listener is all that is left running.
     on_signal.abort();
     let s = app.stats();
@@ -296,56 +346,22 @@ async fn run(cli: Cli) -> ExitCode {
         declined = s.declined,
         rejected = s.rejected,
         failed = s.failed,
+        in_progress = s.in_progress,
+        rate_limited = s.rate_limited,
+        unauthorized = s.unauthorized,
+        outage = s.outage,
         "payment-sim stopped"
     );
     code
 }
 
-/// Resolves once a stop was requested. If the sender is dropped without a request
-/// (it is not), it never resolves rather than stopping the server by mistake.
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    if rx.wait_for(|stop| *stop).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// SIGTERM and SIGINT, registered eagerly (see `run`).
-struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Self {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-            })
-        }
-        #[cfg(not(unix))]
-        {
-            Ok(Self {})
-        }
-    }
-
-    async fn wait(mut self) {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.term.recv() => {}
-                _ = self.int.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
+/// Binds `address`; `Err` is the line to print.
+async fn listen(address: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), String> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("payment-sim: cannot listen on {address}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("payment-sim: cannot read the address bound for {address}: {e}"))?;
+    Ok((listener, bound))
 }

@@ -1,9 +1,12 @@
 //! The idempotency keys the simulator has seen, and what each one got.
 //!
 //! A key is remembered from its first well-formed POST (failed and rejected attempts
-//! included, so their `requests` count survives). Recording a decline or a charge
-//! inserts-if-absent under the shard lock, so concurrent first requests for one key
-//! make exactly one charge and the others replay it.
+//! included, so their `requests` count survives). While a request for a key is being
+//! processed it holds a [`Claim`] on the key, and any other request for it is answered
+//! 409 at once (as the IETF Idempotency-Key draft and Stripe do): concurrent requests
+//! for one key make exactly one charge, and the others are told to ask again. The claim
+//! ends when its request is answered or abandoned (the client went away), so a later
+//! request replays the outcome or, if nothing was recorded, tries again.
 //!
 //! Memory is bounded by `--max-keys`: once that many keys are held a new key is
 //! answered 503 instead of growing the store. A key costs about 300 bytes with its
@@ -11,13 +14,13 @@
 //! benchmark at 20 000/s holds ~400 MB.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use uuid::Uuid;
 
-use crate::api::{ChargeRequest, Reply};
+use crate::api::ChargeRequest;
+use crate::reply::Reply;
 
 /// What a key got the first time it was charged or declined.
 #[derive(Clone, Copy)]
@@ -28,7 +31,7 @@ pub enum Kind {
 
 struct Recorded {
     kind: Kind,
-    // Kept to tell a true replay from a reuse of the key for another payment (409).
+    // Kept to tell a true replay from a reuse of the key for another payment (422).
     amount_minor: i64,
     currency: Box<str>,
 }
@@ -36,6 +39,8 @@ struct Recorded {
 struct Record {
     /// `None` while the key has only seen attempts that recorded nothing (503, 422).
     outcome: Option<Recorded>,
+    /// A request for the key is being processed (it holds the [`Claim`]).
+    in_flight: bool,
     requests: u64,
     traceparent: Option<Box<str>>,
 }
@@ -101,8 +106,14 @@ impl Store {
     }
 
     /// First look at a POST: counts it against the key and keeps its `traceparent`, and
-    /// returns the recorded answer if the key has one.
-    pub fn touch(&self, key: &str, traceparent: Option<&str>, charge: &ChargeRequest<'_>) -> Touch {
+    /// returns the recorded answer if the key has one, or else claims the key for this
+    /// request unless another request holds it.
+    pub fn touch<'a>(
+        &'a self,
+        key: &'a str,
+        traceparent: Option<&str>,
+        charge: &ChargeRequest<'_>,
+    ) -> Touch<'a> {
         let mut shard = self.shard(key);
         let record = match shard.get_mut(key) {
             Some(record) => {
@@ -115,6 +126,7 @@ impl Store {
                 }
                 shard.entry(key.to_owned()).or_insert(Record {
                     outcome: None,
+                    in_flight: false,
                     requests: 1,
                     traceparent: None,
                 })
@@ -127,29 +139,59 @@ impl Store {
         }
         match &record.outcome {
             Some(recorded) => Touch::Recorded(replay(recorded, charge)),
-            None => Touch::Fresh,
+            None if record.in_flight => Touch::InProgress,
+            None => {
+                record.in_flight = true;
+                Touch::Fresh(Claim {
+                    store: self,
+                    key,
+                    held: true,
+                })
+            }
         }
     }
 
-    /// Records a decline or a new charge unless a concurrent request for the same key
-    /// recorded first, in which case that outcome is replayed: one charge per key.
-    pub fn settle(&self, key: &str, kind: Kind, charge: &ChargeRequest<'_>) -> Reply {
-        let mut shard = self.shard(key);
-        let record = match shard.entry(key.to_owned()) {
-            Entry::Occupied(entry) => entry.into_mut(),
+    /// Ends a claim that recorded nothing.
+    fn release(&self, key: &str) {
+        if let Some(record) = self.shard(key).get_mut(key) {
+            record.in_flight = false;
+        }
+    }
+}
+
+/// A request's hold on its key, from [`Store::touch`] until it is settled or dropped.
+pub struct Claim<'a> {
+    store: &'a Store,
+    key: &'a str,
+    /// Cleared by `settle`, which releases the key under the lock it takes anyway.
+    held: bool,
+}
+
+impl Claim<'_> {
+    /// Records a decline or a new charge and releases the key. If the key already has
+    /// an outcome (it cannot while claimed, but that is checked, not assumed), that
+    /// outcome is replayed instead: one charge per key.
+    pub fn settle(mut self, kind: Kind, charge: &ChargeRequest<'_>) -> Reply {
+        self.held = false;
+        let store = self.store;
+        let mut shard = store.shard(self.key);
+        let record = match shard.get_mut(self.key) {
+            Some(record) => record,
             // `touch` inserted the key and nothing removes keys, so this is not reached;
             // handled anyway rather than assumed.
-            Entry::Vacant(entry) => {
-                if !self.reserve() {
+            None => {
+                if !store.reserve() {
                     return Reply::StoreFull;
                 }
-                entry.insert(Record {
+                shard.entry(self.key.to_owned()).or_insert(Record {
                     outcome: None,
+                    in_flight: false,
                     requests: 1,
                     traceparent: None,
                 })
             }
         };
+        record.in_flight = false;
         if let Some(recorded) = &record.outcome {
             return replay(recorded, charge);
         }
@@ -165,6 +207,16 @@ impl Store {
     }
 }
 
+impl Drop for Claim<'_> {
+    /// A request answered without a record (422, 503), or abandoned mid-way because its
+    /// client went away, frees the key for the next attempt.
+    fn drop(&mut self) {
+        if self.held {
+            self.store.release(self.key);
+        }
+    }
+}
+
 /// What `GET /v1/charges/{key}` shows of a recorded key.
 pub struct Found {
     pub kind: Kind,
@@ -175,20 +227,22 @@ pub struct Found {
 }
 
 /// What the first look at a POST found.
-pub enum Touch {
+pub enum Touch<'a> {
     /// The key has an outcome: the answer to replay.
     Recorded(Reply),
-    /// Nothing recorded yet: the request goes on.
-    Fresh,
+    /// Nothing recorded yet: the request goes on, holding the key.
+    Fresh(Claim<'a>),
+    /// Another request for the key is being processed.
+    InProgress,
     /// A new key, and `--max-keys` are held.
     Full,
 }
 
-/// The answer to a replay of a recorded key: its outcome again, or 409 if the amount
-/// or currency differs.
+/// The answer to a replay of a recorded key: its outcome again, or 422 if the amount
+/// or currency differs (CONTRACT §4: the key was used before for a different charge).
 fn replay(recorded: &Recorded, charge: &ChargeRequest<'_>) -> Reply {
     if recorded.amount_minor != charge.amount_minor || *recorded.currency != *charge.currency {
-        return Reply::Conflict;
+        return Reply::KeyReused;
     }
     match recorded.kind {
         Kind::Charged(id) => Reply::Replayed(id),
