@@ -4,7 +4,7 @@
 //! whoever records, and encoded by the HTTP server. Label values are
 //! `&'static str` so that recording on the per-message path never allocates.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -105,6 +105,7 @@ pub struct Metrics {
     /// (lookup, save).
     database: (StatementSeries, StatementSeries),
     circuit_open: Family<DependencyLabels, Gauge<i64, AtomicI64>>,
+    payment_rate_limit: Gauge<f64, AtomicU64>,
 }
 
 /// Counts one order among those waiting for a turn to charge, until dropped.
@@ -150,6 +151,12 @@ impl Metrics {
                 .get_or_create(&DependencyLabels { dependency })
                 .set(0);
         }
+        let payment_rate_limit = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "order_processor_payment_rate_limit",
+            "Charges per second the provider is sent while it limits the rate (429); 0 when charges are not paced",
+            payment_rate_limit.clone(),
+        );
         registry.register(
             "order_processor_circuit_open",
             "1 while intake is paused by an outage of this dependency",
@@ -201,7 +208,13 @@ impl Metrics {
             payment_waiting,
             database,
             circuit_open,
+            payment_rate_limit,
         }
+    }
+
+    /// The rate charges are paced at, or `None` when they are not.
+    pub fn payment_rate_limit(&self, rate: Option<f64>) {
+        self.payment_rate_limit.set(rate.unwrap_or(0.0));
     }
 
     /// Marks the circuit of `dependency` open (1) or closed (0).

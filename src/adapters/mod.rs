@@ -2,7 +2,6 @@
 //! API and the daemon's own HTTP surface. Each adapter depends on the
 //! domain, never on another adapter; only `app` knows them all.
 
-pub mod adaptive_rate;
 pub mod amqp;
 pub mod http_server;
 pub mod payment_http;

@@ -11,12 +11,16 @@
 //! charges: HTTP/1.1, one connection per charge in flight, and at most
 //! `max_in_flight` charges at a time.
 //!
-//! A charge is three steps, so that a policy around the exchange (such as
-//! a client-side rate limiter that waits for a token before sending and
-//! sends again after a 429) can wrap [`HttpPaymentProvider::exchange`]:
-//! build the request ([`HttpPaymentProvider::request`]), exchange it for an
-//! answer, classify the answer ([`answer::classify`]).
+//! A charge is three steps: build the request
+//! ([`HttpPaymentProvider::request`]), exchange it for an answer, classify
+//! the answer ([`answer::classify`]). Around the exchange, the
+//! [`AdaptiveRate`] limiter paces charges once the provider has answered
+//! 429: each waits for a token first, and a throttled one waits for the
+//! provider's `Retry-After`, then for its next token, and is sent again. A
+//! 429 is the provider's admission control, not a failure of the order:
+//! it spends no attempt.
 
+mod adaptive_rate;
 mod answer;
 
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use self::adaptive_rate::AdaptiveRate;
 use self::answer::{Answer, UnreadableBody, classify, failure_reason, unavailable};
 use crate::domain::{ChargeId, Order, PaymentError, PaymentProvider, UnavailableReason};
 use crate::metrics::Metrics;
@@ -58,6 +63,10 @@ pub struct HttpPaymentProvider {
     /// One permit per charge that may be in flight, when capped below the
     /// worker pool (which otherwise bounds them).
     in_flight: Option<Semaphore>,
+    /// Paces charges while the provider limits their rate.
+    pace: AdaptiveRate,
+    /// The line of charges waiting for a token.
+    line: tokio::sync::Mutex<()>,
 }
 
 #[derive(Serialize)]
@@ -143,15 +152,49 @@ impl HttpPaymentProvider {
             server_address,
             metrics,
             in_flight: max_in_flight.map(Semaphore::new),
+            pace: AdaptiveRate::new(Instant::now()),
+            line: tokio::sync::Mutex::new(()),
         })
     }
 
     async fn post(&self, order: &Order, span: &Context) -> Result<ChargeId, PaymentError> {
-        let request = self.request(order, span)?;
-        // Held until the answer is read.
-        let _turn = self.turn().await?;
-        let answer = self.exchange(request, span).await?;
-        classify(answer)
+        loop {
+            let request = self.request(order, span)?;
+            let sent_at = self.paced().await;
+            // Held until the answer is read.
+            let turn = self.turn().await?;
+            let answer = self.exchange(request, span).await?;
+            drop(turn);
+            let throttled = answer.status == StatusCode::TOO_MANY_REQUESTS;
+            let rate = self.pace.answered(Instant::now(), sent_at, throttled);
+            self.metrics.payment_rate_limit(rate);
+            if !throttled {
+                return classify(answer);
+            }
+            if let Some(delay) = answer.retry_after {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Waits for a token while the provider limits the rate of charges
+    /// (the order counts as waiting meanwhile), in line with the other
+    /// waiting orders; returns when it was taken.
+    async fn paced(&self) -> Instant {
+        let now = Instant::now();
+        if !self.pace.engaged(now) {
+            return now;
+        }
+        let _waiting = self.metrics.payment_wait();
+        // First come, first served: tokio's mutex queues its waiters.
+        let _line = self.line.lock().await;
+        loop {
+            let now = Instant::now();
+            match self.pace.take(now) {
+                None => return now,
+                Some(next) => tokio::time::sleep_until(next.into()).await,
+            }
+        }
     }
 
     /// The charge request of `order`, under the trace context of `span`.

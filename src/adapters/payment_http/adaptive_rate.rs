@@ -12,11 +12,14 @@
 //! it; another 429 cuts it again. Only a 429 for a charge sent after the
 //! last cut cuts the rate: the answers to charges sent before it describe
 //! the congestion that cut was for (and the charges among them that were
-//! accepted still count towards the rate the cut is measured against). A
-//! minute without any 429 and the limiter steps aside again.
+//! accepted still count towards the rate the cut is measured against).
+//! Waiting charges take turns, and the first in line waits for the next
+//! token at the rate of the moment, so that a cut or a rise applies to the
+//! very next charge. A minute without any 429 and the limiter steps aside
+//! again.
 //!
-//! The books take a lock for a few arithmetic operations; the waiting is
-//! done by the caller, outside it. This module reads no clock: `now` is
+//! The books take a lock for a few arithmetic operations; the waiting (and
+//! the line) are the caller's, outside it. This module reads no clock: `now` is
 //! passed in, so that its rules are tested without waiting.
 
 use std::sync::{Mutex, PoisonError};
@@ -93,28 +96,39 @@ impl AdaptiveRate {
         self.books.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes a token for a charge about to be sent: `None` to send it now,
-    /// or when to send it.
-    pub fn reserve(&self, now: Instant) -> Option<Instant> {
+    /// Whether charges are paced now: until the first 429, and a minute
+    /// after the last, they are not.
+    pub fn engaged(&self, now: Instant) -> bool {
+        let mut books = self.books();
+        if books.engaged && now.saturating_duration_since(books.last_throttle) > DISENGAGE_AFTER {
+            books.engaged = false;
+        }
+        books.engaged
+    }
+
+    /// Takes a token for a charge about to be sent: `None` when it was
+    /// taken (or none is needed), else when the next one comes at the
+    /// current rate. Callers take turns (the first in line asks), so that
+    /// a change of the rate applies to the next charge at once.
+    pub fn take(&self, now: Instant) -> Option<Instant> {
         let mut books = self.books();
         if !books.engaged {
             return None;
         }
-        if now.saturating_duration_since(books.last_throttle) > DISENGAGE_AFTER {
-            books.engaged = false;
-            return None;
-        }
         books.refill(now);
-        books.tokens -= 1.0;
-        if books.tokens >= 0.0 {
+        // A token that rounding leaves a hair short of whole is whole: the
+        // wait for the rest would be nothing.
+        if books.tokens >= 1.0 - 1e-6 {
+            books.tokens -= 1.0;
             return None;
         }
-        let wait = Duration::try_from_secs_f64(-books.tokens / books.rate).ok()?;
-        now.checked_add(wait)
+        let wait = Duration::try_from_secs_f64((1.0 - books.tokens) / books.rate).ok()?;
+        now.checked_add(wait.max(Duration::from_micros(1)))
     }
 
-    /// Takes in the provider's answer to a charge sent at `sent_at`.
-    pub fn answered(&self, now: Instant, sent_at: Instant, throttled: bool) {
+    /// Takes in the provider's answer to a charge sent at `sent_at`, and
+    /// returns the rate charges are paced at now, if they are.
+    pub fn answered(&self, now: Instant, sent_at: Instant, throttled: bool) -> Option<f64> {
         let mut books = self.books();
         if !throttled {
             books.count_accepted(now);
@@ -124,18 +138,12 @@ impl AdaptiveRate {
                 }
                 books.grow(now);
             }
-            return;
+        } else {
+            books.last_throttle = now;
+            if !books.engaged || sent_at >= books.last_cut {
+                books.cut(now);
+            }
         }
-        books.last_throttle = now;
-        if books.engaged && sent_at < books.last_cut {
-            return;
-        }
-        books.cut(now);
-    }
-
-    /// The current rate, while pacing is on.
-    pub fn rate(&self) -> Option<f64> {
-        let books = self.books();
         books.engaged.then_some(books.rate)
     }
 }
@@ -182,15 +190,14 @@ impl Books {
     fn cut(&mut self, now: Instant) {
         let accepted = self.accepted_last_second(now);
         let before = if self.engaged {
-            self.refill(now);
             accepted.min(self.rate)
         } else {
-            // Charges sent so far did not wait: start with an empty bucket.
             self.engaged = true;
-            self.tokens = 0.0;
-            self.last_refill = now;
             accepted
         };
+        // The bucket starts empty: the provider has no room left either.
+        self.tokens = 0.0;
+        self.last_refill = now;
         self.max_rate = before.max(MIN_RATE);
         self.rate = (self.max_rate * BETA).max(MIN_RATE);
         self.recovery = (self.max_rate * (1.0 - BETA) / SCALE).cbrt();
@@ -222,6 +229,13 @@ impl Books {
 mod tests {
     use super::*;
 
+    impl AdaptiveRate {
+        fn rate(&self) -> Option<f64> {
+            let books = self.books();
+            books.engaged.then_some(books.rate)
+        }
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
@@ -231,7 +245,8 @@ mod tests {
         let start = Instant::now();
         let limiter = AdaptiveRate::new(start);
         for n in 0..1000 {
-            assert_eq!(limiter.reserve(start + ms(n)), None);
+            assert!(!limiter.engaged(start + ms(n)));
+            assert_eq!(limiter.take(start + ms(n)), None);
             limiter.answered(start + ms(n), start + ms(n), false);
         }
         assert_eq!(limiter.rate(), None);
@@ -286,12 +301,19 @@ mod tests {
         // 70 charges/s: the n-th waiting charge goes n/70 s later.
         let rate = limiter.rate().unwrap();
         assert!((rate - 70.0).abs() < 1e-9, "{rate}");
-        let waits: Vec<Duration> = (0..7)
-            .map(|_| limiter.reserve(now).unwrap() - now)
-            .collect();
-        for (n, wait) in waits.iter().enumerate() {
+        // The first in line asks, waits until the time it is told, and
+        // asks again.
+        let mut at = now;
+        let mut sent = Vec::new();
+        while sent.len() < 7 {
+            match limiter.take(at) {
+                None => sent.push(at - now),
+                Some(next) => at = next,
+            }
+        }
+        for (n, wait) in sent.iter().enumerate() {
             let expected = (n as f64 + 1.0) / 70.0;
-            assert!((wait.as_secs_f64() - expected).abs() < 1e-3, "{waits:?}");
+            assert!((wait.as_secs_f64() - expected).abs() < 1e-3, "{sent:?}");
         }
     }
 
@@ -315,7 +337,8 @@ mod tests {
         assert!(early > 70.0 && early < 100.0, "{early}");
         assert!((back - 100.0).abs() < 0.5, "{back}");
         assert!(later > 100.0 && later <= 200.0, "{later}");
-        assert_eq!(limiter.reserve(cut + Duration::from_secs(61)), None);
+        assert!(!limiter.engaged(cut + Duration::from_secs(61)));
+        assert_eq!(limiter.take(cut + Duration::from_secs(61)), None);
         assert_eq!(limiter.rate(), None);
     }
 
