@@ -90,14 +90,7 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
         None => tracing::info!("serving /healthz /readyz /metrics"),
     }
     let http_stop = CancellationToken::new();
-    background.spawn({
-        let http_stop = http_stop.clone();
-        async move {
-            if let Err(error) = http.serve(http_stop).await {
-                tracing::error!(%error, "the HTTP server stopped");
-            }
-        }
-    });
+    background.spawn(http.serve(http_stop.clone()));
     background.spawn(on_signal);
 
     let migrated = if settings.database.migrate {

@@ -1,7 +1,7 @@
 //! The broker check, against the real RabbitMQ and its management API:
-//! the daemon reads the queue's delivery limit and warns when it would
-//! defeat the retry policy, says once when it cannot check, and keeps
-//! processing orders either way. Needs the management plugin
+//! the daemon reads the queue's delivery limit and warns when the broker
+//! would give up on a message before the daemon's own redelivery limit,
+//! says once when it cannot check, and keeps processing orders either way. Needs the management plugin
 //! (`rabbitmq-plugins enable rabbitmq_management`).
 
 #![allow(
@@ -95,7 +95,7 @@ async fn wait_for_line(env: &TestEnv, daemon: &Daemon, level: &str, start: &str)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_limit_below_the_retry_attempts_is_warned_about_and_orders_still_flow() {
+async fn a_delivery_limit_below_the_redelivery_limit_is_warned_about_and_orders_still_flow() {
     require_management().await;
     let env = TestEnv::new().await;
     let ids = env.publish_orders(20, "tok_visa").await;
@@ -108,13 +108,13 @@ async fn a_delivery_limit_below_the_retry_attempts_is_warned_about_and_orders_st
         &env,
         &daemon,
         "WARN",
-        "the queue's delivery limit is below retry.max_attempts and the queue has no dead-letter exchange",
+        "the broker's delivery limit is below amqp.redelivery_limit and the queue has no dead-letter exchange",
     )
     .await;
     assert_eq!(warning["queue"], env.queue.as_str());
     assert_eq!(warning["delivery_limit"], 2);
     assert_eq!(warning["delivery_limit_source"], "policy delivery-limit");
-    assert_eq!(warning["max_attempts"], 5);
+    assert_eq!(warning["redelivery_limit"], 10);
     assert_eq!(warning["dead_letter_exchange"], false);
 
     env.assert_exactly_once(&sim, &ids, WAIT).await;
@@ -126,7 +126,7 @@ async fn a_delivery_limit_below_the_retry_attempts_is_warned_about_and_orders_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_fits_the_retry_policy_is_reported_with_its_effective_values() {
+async fn a_broker_that_fits_the_daemons_limits_is_reported_with_its_effective_values() {
     require_management().await;
     let env = TestEnv::new().await;
     let sim = PaymentSim::start(&[]);
@@ -137,7 +137,7 @@ async fn a_broker_that_fits_the_retry_policy_is_reported_with_its_effective_valu
         &env,
         &daemon,
         "INFO",
-        "broker settings fit the retry policy",
+        "broker settings fit the daemon's limits",
     )
     .await;
     assert_eq!(line["queue"], env.queue.as_str());
@@ -149,7 +149,7 @@ async fn a_broker_that_fits_the_retry_policy_is_reported_with_its_effective_valu
     assert!(line["consumer_timeout_ms"].as_u64().unwrap() > 0, "{line}");
     assert!(line["longest_hold_ms"].as_u64().unwrap() > 0, "{line}");
     assert_eq!(line["dead_letter_exchange"], false);
-    assert_eq!(line["max_attempts"], 5);
+    assert_eq!(line["redelivery_limit"], 10);
     assert!(lines(&daemon, "WARN", "").iter().all(|warning| {
         !warning["message"]
             .as_str()
@@ -159,6 +159,37 @@ async fn a_broker_that_fits_the_retry_policy_is_reported_with_its_effective_valu
 
     let ids = env.publish_orders(5, "tok_visa").await;
     env.assert_exactly_once(&sim, &ids, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_limit_at_the_redelivery_limit_is_no_warning_even_without_a_dead_letter_exchange()
+ {
+    require_management().await;
+    let env = TestEnv::new().await;
+    common::broker::Broker::connect().await.declare(&env).await;
+    let _policy = Policy::set(&env, r#"{"delivery-limit":10}"#);
+    let sim = PaymentSim::start(&[]);
+    let daemon = Daemon::start(&env, &sim.url, &[(MANAGEMENT_KEY, MANAGEMENT)]).await;
+
+    // The daemon dead-letters a message delivered with a count of 10; the
+    // broker drops it only past 10.
+    let line = wait_for_line(
+        &env,
+        &daemon,
+        "INFO",
+        "broker settings fit the daemon's limits",
+    )
+    .await;
+    assert_eq!(line["delivery_limit"], 10);
+    assert_eq!(line["delivery_limit_source"], "policy delivery-limit");
+    assert_eq!(line["dead_letter_exchange"], false);
+    assert_eq!(line["redelivery_limit"], 10);
+    assert!(lines(&daemon, "WARN", "").iter().all(|warning| {
+        !warning["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("delivery limit")
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

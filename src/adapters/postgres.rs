@@ -5,9 +5,13 @@
 //! `SELECT … WHERE order_id = ANY($1)` and one `INSERT … SELECT FROM UNNEST(…)
 //! ON CONFLICT DO NOTHING` per batch (see [`crate::batch`]). That keeps the
 //! database at a few statements per hundreds of orders instead of a commit
-//! per order. Queries use bound parameters only.
+//! per order. A row the database refuses fails only its own order
+//! ([`statements`]); what a failure means is decided in [`failure`].
+//! Queries use bound parameters only.
 
-use std::collections::HashSet;
+mod failure;
+mod statements;
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +25,8 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
+
+use self::statements::{Found, SaveFailure, Saved, lookup_batch, save_batch};
 
 use crate::batch::{BatchLimits, Batcher};
 use crate::domain::{OrderId, OrderRepository, ProcessedOrder, RepositoryError};
@@ -173,23 +179,26 @@ pub async fn ping(pool: &PgPool) -> bool {
 /// The longest an order can wait for the database: its lookup and its save
 /// each may wait for the batch that is running and the batches that the
 /// other orders in flight (`concurrency` − 1 at most) queued before it,
-/// then run in their own, each bounded by the statement timeout.
+/// then run in their own. A lookup batch is bounded by the statement
+/// timeout, a save batch by twice that: its statement, then the halving of
+/// a batch the database refused.
 pub fn longest_wait(concurrency: usize) -> Duration {
     let batches = concurrency
         .saturating_sub(1)
         .div_ceil(MAX_BATCH)
         .saturating_add(1);
-    STATEMENT_TIMEOUT
-        .saturating_add(BATCH_LINGER)
-        .saturating_mul(u32::try_from(batches).unwrap_or(u32::MAX))
+    let lookup = STATEMENT_TIMEOUT.saturating_add(BATCH_LINGER);
+    let save = STATEMENT_TIMEOUT
         .saturating_mul(2)
+        .saturating_add(BATCH_LINGER);
+    lookup
+        .saturating_add(save)
+        .saturating_mul(u32::try_from(batches).unwrap_or(u32::MAX))
 }
 
-type Shared<T> = Result<T, Arc<sqlx::Error>>;
-
 pub struct PostgresOrders {
-    lookups: Batcher<Uuid, Shared<bool>>,
-    saves: Batcher<ProcessedOrder, Shared<()>>,
+    lookups: Batcher<Uuid, Found>,
+    saves: Batcher<ProcessedOrder, Saved>,
     metrics: Arc<Metrics>,
 }
 
@@ -253,7 +262,7 @@ impl OrderRepository for PostgresOrders {
         let answer = step.run(self.lookups.call(id.as_uuid())).await;
         self.metrics
             .database_wait(Statement::Lookup, started.elapsed());
-        flatten(answer)
+        flatten(answer.map(|found| found.map_err(SaveFailure::Unavailable)))
     }
 
     async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
@@ -278,74 +287,15 @@ fn client_span(span: SpanBuilder, operation: &'static str, summary: &'static str
 }
 
 fn flatten<T>(
-    answer: Result<Shared<T>, crate::batch::BatcherClosed>,
+    answer: Result<Result<T, SaveFailure>, crate::batch::BatcherClosed>,
 ) -> Result<T, RepositoryError> {
     match answer {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(RepositoryError::Unavailable(Box::new(error))),
-        Err(closed) => Err(RepositoryError::Unavailable(Box::new(closed))),
-    }
-}
-
-async fn with_timeout<T>(
-    query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, sqlx::Error> {
-    tokio::time::timeout(STATEMENT_TIMEOUT, query)
-        .await
-        .unwrap_or_else(|_| {
-            let late = format!("no answer within {} s", STATEMENT_TIMEOUT.as_secs());
-            Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                late,
-            )))
-        })
-}
-
-async fn lookup_batch(pool: &PgPool, ids: Vec<Uuid>) -> Vec<Shared<bool>> {
-    let query =
-        sqlx::query_scalar::<_, Uuid>("SELECT order_id FROM orders WHERE order_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(pool);
-    match with_timeout(query).await {
-        Ok(found) => {
-            let found: HashSet<Uuid> = found.into_iter().collect();
-            ids.iter().map(|id| Ok(found.contains(id))).collect()
+        Ok(Err(SaveFailure::Unavailable(error))) => {
+            Err(RepositoryError::Unavailable(Box::new(error)))
         }
-        Err(error) => vec![Err(Arc::new(error)); ids.len()],
-    }
-}
-
-async fn save_batch(pool: &PgPool, orders: Vec<ProcessedOrder>) -> Vec<Shared<()>> {
-    let count = orders.len();
-    let mut ids = Vec::with_capacity(count);
-    let mut customers = Vec::with_capacity(count);
-    let mut currencies = Vec::with_capacity(count);
-    let mut totals = Vec::with_capacity(count);
-    let mut charges = Vec::with_capacity(count);
-    let mut traces = Vec::with_capacity(count);
-    for order in orders {
-        ids.push(order.order_id.as_uuid());
-        customers.push(order.customer_id.as_str().to_owned());
-        currencies.push(order.currency.as_str().to_owned());
-        totals.push(order.total_minor);
-        charges.push(order.charge_id.as_str().to_owned());
-        traces.push(order.trace_id);
-    }
-    let query = sqlx::query(
-        "INSERT INTO orders (order_id, customer_id, currency, total_minor, charge_id, trace_id) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[]) \
-         ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&customers)
-    .bind(&currencies)
-    .bind(&totals)
-    .bind(&charges)
-    .bind(&traces)
-    .execute(pool);
-    match with_timeout(query).await {
-        Ok(_) => vec![Ok(()); count],
-        Err(error) => vec![Err(Arc::new(error)); count],
+        Ok(Err(SaveFailure::Refused(error))) => Err(RepositoryError::RowRejected(Box::new(error))),
+        Err(closed) => Err(RepositoryError::Unavailable(Box::new(closed))),
     }
 }
 
@@ -355,11 +305,13 @@ mod tests {
 
     #[test]
     fn an_order_waits_longer_for_the_database_when_more_orders_share_its_batches() {
-        let statements = |n: u32| (STATEMENT_TIMEOUT + BATCH_LINGER).saturating_mul(n);
-        assert_eq!(longest_wait(1), statements(2));
-        assert_eq!(longest_wait(2), statements(4));
-        assert_eq!(longest_wait(MAX_BATCH.saturating_add(1)), statements(4));
-        assert_eq!(longest_wait(MAX_BATCH.saturating_add(2)), statements(6));
-        assert_eq!(longest_wait(2048), statements(8));
+        // A lookup batch and a save batch (whose halving may take a
+        // statement timeout more), for each batch waited for.
+        let batches = |n: u32| (STATEMENT_TIMEOUT * 3 + BATCH_LINGER * 2).saturating_mul(n);
+        assert_eq!(longest_wait(1), batches(1));
+        assert_eq!(longest_wait(2), batches(2));
+        assert_eq!(longest_wait(MAX_BATCH.saturating_add(1)), batches(2));
+        assert_eq!(longest_wait(MAX_BATCH.saturating_add(2)), batches(3));
+        assert_eq!(longest_wait(2048), batches(4));
     }
 }

@@ -18,6 +18,10 @@ pub type Script = dyn Fn(&str, usize) -> u16 + Send + Sync;
 /// A script's answer that keeps the request open without ever answering.
 pub const HANG: u16 = 0;
 
+/// The `charge_id` a successful answer gives an idempotency key; `None`: a
+/// fresh `ch_…` of the stub's own.
+pub type ChargeIds = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 #[derive(Debug, Clone)]
 pub struct Call {
     pub key: String,
@@ -29,6 +33,7 @@ pub struct Call {
 #[derive(Clone)]
 struct Stub {
     script: Arc<Script>,
+    charge_ids: Arc<ChargeIds>,
     calls: Arc<Mutex<Vec<Call>>>,
     charges: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -42,8 +47,19 @@ pub struct PaymentStub {
 
 impl PaymentStub {
     pub async fn start(script: impl Fn(&str, usize) -> u16 + Send + Sync + 'static) -> Self {
+        Self::start_with_charge_ids(script, |_| None).await
+    }
+
+    /// Like [`PaymentStub::start`], and a key's charge gets the id
+    /// `charge_ids` chooses for it (any string, even one a database cannot
+    /// store).
+    pub async fn start_with_charge_ids(
+        script: impl Fn(&str, usize) -> u16 + Send + Sync + 'static,
+        charge_ids: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
         let stub = Stub {
             script: Arc::new(script),
+            charge_ids: Arc::new(charge_ids),
             calls: Arc::default(),
             charges: Arc::default(),
         };
@@ -110,14 +126,15 @@ async fn charge(State(stub): State<Stub>, headers: HeaderMap) -> (StatusCode, St
     let code = StatusCode::from_u16(status).unwrap();
     if status == 200 || status == 201 {
         let mut charges = stub.charges.lock().unwrap();
+        let chosen = (stub.charge_ids)(&key);
         let id = charges
             .entry(key)
-            .or_insert_with(|| format!("ch_{}", uuid::Uuid::new_v4().simple()))
+            .or_insert_with(|| {
+                chosen.unwrap_or_else(|| format!("ch_{}", uuid::Uuid::new_v4().simple()))
+            })
             .clone();
-        return (
-            code,
-            format!(r#"{{"charge_id":"{id}","status":"succeeded"}}"#),
-        );
+        let body = serde_json::json!({"charge_id": id, "status": "succeeded"});
+        return (code, body.to_string());
     }
     (code, String::new())
 }

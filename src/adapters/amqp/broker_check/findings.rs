@@ -14,7 +14,15 @@
 //!
 //! Returns grow the delivery count: a crash, a lost channel, a shutdown past
 //! its grace, or the daemon's own requeue when a retry cannot be parked.
-//! The daemon's retries publish a fresh copy, whose count starts at zero.
+//! The daemon's retries publish a fresh copy, whose count starts at zero,
+//! so `retry.max_attempts` has no bearing on it. The daemon dead-letters a
+//! message itself, as `redelivery_limit`, when it is delivered with an
+//! `x-delivery-count` of `amqp.redelivery_limit`; the broker delivers a
+//! message with a count up to its own limit. A broker limit at or above
+//! `amqp.redelivery_limit` therefore never acts before the daemon has
+//! dead-lettered the message with its headers (a limit above it leaves
+//! room for that dead-lettering itself to be interrupted), whether or not
+//! the queue has a dead-letter exchange; a limit below it does.
 
 use std::fmt;
 use std::time::Duration;
@@ -117,8 +125,9 @@ pub struct Observed {
 pub struct Limits {
     /// The longest one delivery may stay unacknowledged.
     pub longest_hold: Duration,
-    /// `retry.max_attempts`.
-    pub max_attempts: u32,
+    /// `amqp.redelivery_limit`: the `x-delivery-count` at which the daemon
+    /// dead-letters a message unprocessed.
+    pub redelivery_limit: u32,
 }
 
 /// The longest a delivery can stay unacknowledged. Deliveries beyond the
@@ -268,8 +277,8 @@ pub fn delivery_limit(observed: &Observed) -> DeliveryLimit {
     }
 }
 
-/// Something in the broker's settings that defeats the retry policy or the
-/// delivery guarantees.
+/// Something in the broker's settings that defeats the daemon's limits or
+/// the delivery guarantees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finding {
     /// The broker would take deliveries back while their orders are still
@@ -279,17 +288,17 @@ pub enum Finding {
         source: TimeoutSource,
         longest_hold: Duration,
     },
-    /// The broker gives up on a message before the retry policy would: it
-    /// allows fewer returns than `retry.max_attempts`.
-    DeliveryLimitBelowAttempts {
+    /// The broker gives up on a message before the daemon would: it allows
+    /// fewer returns than `amqp.redelivery_limit`, so a message returned
+    /// that often is dropped (or dead-lettered by the broker, without the
+    /// daemon's headers) instead of reaching `Q.dead` as
+    /// `redelivery_limit`.
+    DeliveryLimitBelowRedeliveryLimit {
         returns: u64,
         source: LimitSource,
-        max_attempts: u32,
+        redelivery_limit: u32,
         dead_letter_exchange: bool,
     },
-    /// The limit is no lower than the retry policy needs, but the queue has
-    /// no dead-letter exchange: a message past it is dropped, lost.
-    DeliveryLimitDropsMessages { returns: u64, source: LimitSource },
 }
 
 /// Everything the check concluded: the effective values and the findings.
@@ -319,18 +328,15 @@ pub fn assess(observed: &Observed, limits: &Limits) -> Assessment {
             longest_hold: limits.longest_hold,
         });
     }
-    if let DeliveryLimit::Limited { returns, source } = delivery_limit {
-        let dead_lettered = dead_letter_exchange.unwrap_or(false);
-        if returns < u64::from(limits.max_attempts) {
-            findings.push(Finding::DeliveryLimitBelowAttempts {
-                returns,
-                source,
-                max_attempts: limits.max_attempts,
-                dead_letter_exchange: dead_lettered,
-            });
-        } else if !dead_lettered {
-            findings.push(Finding::DeliveryLimitDropsMessages { returns, source });
-        }
+    if let DeliveryLimit::Limited { returns, source } = delivery_limit
+        && returns < u64::from(limits.redelivery_limit)
+    {
+        findings.push(Finding::DeliveryLimitBelowRedeliveryLimit {
+            returns,
+            source,
+            redelivery_limit: limits.redelivery_limit,
+            dead_letter_exchange: dead_letter_exchange.unwrap_or(false),
+        });
     }
     Assessment {
         consumer_timeout,

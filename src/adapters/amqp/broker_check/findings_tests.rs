@@ -32,16 +32,17 @@ fn observed(version: Version, arguments: Value, policy: Value) -> Observed {
     }
 }
 
-fn limits(longest_hold: Duration, max_attempts: u32) -> Limits {
+fn limits(longest_hold: Duration, redelivery_limit: u32) -> Limits {
     Limits {
         longest_hold,
-        max_attempts,
+        redelivery_limit,
     }
 }
 
-/// The daemon's defaults: 5 attempts, a hold far below any default timeout.
+/// The daemon's defaults: a redelivery limit of 10, a hold far below any
+/// default timeout.
 fn defaults() -> Limits {
-    limits(Duration::from_secs(190), 5)
+    limits(Duration::from_secs(190), 10)
 }
 
 #[test]
@@ -265,7 +266,7 @@ fn a_consumer_timeout_shorter_than_the_longest_hold_is_a_finding() {
     let hold = Duration::from_secs(120);
     let policy = |ms: i64| observed(V3_12, json!({}), json!({"consumer-timeout": ms}));
     assert_eq!(
-        assess(&policy(119_999), &limits(hold, 5)).findings,
+        assess(&policy(119_999), &limits(hold, 10)).findings,
         vec![Finding::ConsumerTimeoutTooShort {
             timeout: Duration::from_millis(119_999),
             source: TimeoutSource::QueuePolicy,
@@ -273,12 +274,12 @@ fn a_consumer_timeout_shorter_than_the_longest_hold_is_a_finding() {
         }]
     );
     assert!(
-        assess(&policy(120_000), &limits(hold, 5))
+        assess(&policy(120_000), &limits(hold, 10))
             .findings
             .is_empty()
     );
     assert!(
-        assess(&policy(120_001), &limits(hold, 5))
+        assess(&policy(120_001), &limits(hold, 10))
             .findings
             .is_empty()
     );
@@ -287,7 +288,7 @@ fn a_consumer_timeout_shorter_than_the_longest_hold_is_a_finding() {
 #[test]
 fn the_assumed_default_is_checked_too() {
     let hold = 31 * MINUTE;
-    let assessment = assess(&Observed::default(), &limits(hold, 5));
+    let assessment = assess(&Observed::default(), &limits(hold, 10));
     assert_eq!(
         assessment.findings,
         vec![Finding::ConsumerTimeoutTooShort {
@@ -304,11 +305,11 @@ fn no_consumer_timeout_is_never_too_short() {
         version: Some(Version::new(3, 8, 9)),
         queue: None,
     };
-    assert!(assess(&old, &limits(Duration::MAX, 5)).findings.is_empty());
+    assert!(assess(&old, &limits(Duration::MAX, 10)).findings.is_empty());
 }
 
 #[test]
-fn a_delivery_limit_below_the_attempts_without_a_dead_letter_exchange_is_a_finding() {
+fn a_delivery_limit_below_the_redelivery_limit_without_a_dead_letter_exchange_is_a_finding() {
     // The case verified against RabbitMQ 3.10: a policy of 2 on Q as declared.
     let assessment = assess(
         &observed(
@@ -320,10 +321,10 @@ fn a_delivery_limit_below_the_attempts_without_a_dead_letter_exchange_is_a_findi
     );
     assert_eq!(
         assessment.findings,
-        vec![Finding::DeliveryLimitBelowAttempts {
+        vec![Finding::DeliveryLimitBelowRedeliveryLimit {
             returns: 2,
             source: LimitSource::Policy,
-            max_attempts: 5,
+            redelivery_limit: 10,
             dead_letter_exchange: false,
         }]
     );
@@ -331,90 +332,103 @@ fn a_delivery_limit_below_the_attempts_without_a_dead_letter_exchange_is_a_findi
 }
 
 #[test]
-fn a_delivery_limit_below_the_attempts_with_a_dead_letter_exchange_is_still_a_finding() {
+fn a_delivery_limit_one_below_the_redelivery_limit_with_a_dead_letter_exchange_is_a_finding() {
     let assessment = assess(
         &observed(
             V3_10,
             json!({}),
-            json!({"delivery-limit": 4, "dead-letter-exchange": "orders.dlx"}),
+            json!({"delivery-limit": 9, "dead-letter-exchange": "orders.dlx"}),
         ),
         &defaults(),
     );
     assert_eq!(
         assessment.findings,
-        vec![Finding::DeliveryLimitBelowAttempts {
-            returns: 4,
+        vec![Finding::DeliveryLimitBelowRedeliveryLimit {
+            returns: 9,
             source: LimitSource::Policy,
-            max_attempts: 5,
+            redelivery_limit: 10,
             dead_letter_exchange: true,
         }]
     );
+    assert_eq!(assessment.dead_letter_exchange, Some(true));
 }
 
 #[test]
-fn a_delivery_limit_equal_to_the_attempts_only_matters_without_a_dead_letter_exchange() {
-    let without = assess(
-        &observed(V3_10, json!({"x-delivery-limit": 5}), json!({})),
-        &defaults(),
-    );
-    assert_eq!(
-        without.findings,
-        vec![Finding::DeliveryLimitDropsMessages {
-            returns: 5,
-            source: LimitSource::QueueArgument,
-        }]
-    );
-    let with = assess(
-        &observed(
-            V3_10,
-            json!({"x-delivery-limit": 5, "x-dead-letter-exchange": "orders.dlx"}),
-            json!({}),
-        ),
-        &defaults(),
-    );
-    assert!(with.findings.is_empty());
+fn a_delivery_limit_at_or_above_the_redelivery_limit_is_no_finding_with_or_without_a_dead_letter_exchange()
+ {
+    // The broker delivers a message whose count equals its limit, and the
+    // daemon dead-letters it then, before the broker would drop it.
+    for returns in [10, 11, 1000] {
+        for arguments in [
+            json!({"x-delivery-limit": returns}),
+            json!({"x-delivery-limit": returns, "x-dead-letter-exchange": "orders.dlx"}),
+        ] {
+            let assessment = assess(&observed(V3_10, arguments, json!({})), &defaults());
+            assert!(assessment.findings.is_empty(), "{assessment:?}");
+            assert_eq!(
+                assessment.delivery_limit,
+                DeliveryLimit::Limited {
+                    returns,
+                    source: LimitSource::QueueArgument,
+                }
+            );
+        }
+    }
 }
 
 #[test]
-fn the_4_0_default_drops_messages_when_q_has_no_dead_letter_exchange() {
+fn the_4_0_default_of_20_fits_a_redelivery_limit_up_to_20() {
     let observed = observed(V4_0, json!({"x-queue-type": "quorum"}), json!({}));
-    assert_eq!(
-        assess(&observed, &defaults()).findings,
-        vec![Finding::DeliveryLimitDropsMessages {
-            returns: 20,
-            source: LimitSource::BrokerDefault,
-        }]
-    );
+    for redelivery_limit in [1, 10, 20] {
+        assert!(
+            assess(
+                &observed,
+                &limits(Duration::from_secs(190), redelivery_limit)
+            )
+            .findings
+            .is_empty(),
+            "{redelivery_limit}"
+        );
+    }
     assert_eq!(
         assess(&observed, &limits(Duration::from_secs(190), 21)).findings,
-        vec![Finding::DeliveryLimitBelowAttempts {
+        vec![Finding::DeliveryLimitBelowRedeliveryLimit {
             returns: 20,
             source: LimitSource::BrokerDefault,
-            max_attempts: 21,
+            redelivery_limit: 21,
             dead_letter_exchange: false,
         }]
     );
+}
+
+#[test]
+fn a_negative_limit_before_4_0_drops_at_the_first_return_which_is_a_finding() {
+    let limit = json!({"x-delivery-limit": -1});
     assert_eq!(
-        assess(&observed, &limits(Duration::from_secs(190), 20)).findings,
-        vec![Finding::DeliveryLimitDropsMessages {
-            returns: 20,
-            source: LimitSource::BrokerDefault,
+        assess(&observed(V3_10, limit.clone(), json!({})), &defaults()).findings,
+        vec![Finding::DeliveryLimitBelowRedeliveryLimit {
+            returns: 0,
+            source: LimitSource::QueueArgument,
+            redelivery_limit: 10,
+            dead_letter_exchange: false,
         }]
+    );
+    assert!(
+        assess(&observed(V4_0, limit, json!({})), &defaults())
+            .findings
+            .is_empty()
     );
 }
 
 #[test]
 fn no_limit_or_an_unknown_one_is_no_finding() {
+    let highest = limits(Duration::from_secs(190), 10_000);
     assert!(
-        assess(&observed(V3_10, json!({}), json!({})), &defaults())
+        assess(&observed(V3_10, json!({}), json!({})), &highest)
             .findings
             .is_empty()
     );
-    assert!(
-        assess(&Observed::default(), &defaults())
-            .findings
-            .is_empty()
-    );
+    assert!(assess(&Observed::default(), &highest).findings.is_empty());
 }
 
 #[test]
@@ -434,7 +448,7 @@ fn both_findings_are_reported_together() {
     ));
     assert!(matches!(
         assessment.findings.get(1),
-        Some(Finding::DeliveryLimitBelowAttempts { returns: 0, .. })
+        Some(Finding::DeliveryLimitBelowRedeliveryLimit { returns: 0, .. })
     ));
 }
 

@@ -1,9 +1,10 @@
 //! A check, at every broker session start, that the broker will not undo
-//! the retry policy or the delivery guarantees behind the daemon's back:
-//! its delivery acknowledgement timeout must outlast the longest time the
+//! the daemon's limits or the delivery guarantees behind its back: its
+//! delivery acknowledgement timeout must outlast the longest time the
 //! daemon can hold a delivery, and the work queue's delivery limit must
-//! allow at least as many returns as the retry policy allows attempts,
-//! with somewhere to dead-letter what goes past it. See [`findings`] for
+//! allow at least `amqp.redelivery_limit` returns, so that the daemon
+//! dead-letters a message returned too often, with its headers, before the
+//! broker drops it or dead-letters it without them. See [`findings`] for
 //! the rules and why.
 //!
 //! The facts come from the management API when `amqp.management_url` is
@@ -60,7 +61,7 @@ async fn check(settings: &ConsumerSettings) {
         .saturating_add(CONFIRM_TIMEOUT);
     let limits = Limits {
         longest_hold: longest_hold(per_delivery, settings.prefetch, settings.concurrency),
-        max_attempts: settings.retry.max_attempts,
+        redelivery_limit: settings.redelivery_limit,
     };
     let observed = match &settings.broker_check.management_url {
         None => Observed::default(),
@@ -125,8 +126,8 @@ fn report(queue: &str, observed: &Observed, limits: &Limits, assessment: &Assess
         delivery_limit,
         delivery_limit_source,
         dead_letter_exchange = assessment.dead_letter_exchange,
-        max_attempts = limits.max_attempts,
-        "broker settings fit the retry policy"
+        redelivery_limit = limits.redelivery_limit,
+        "broker settings fit the daemon's limits"
     );
 }
 
@@ -145,45 +146,39 @@ fn warn(queue: &str, finding: &Finding) {
              the broker would take back the channel's deliveries mid-order and redeliver them; \
              raise consumer_timeout, or lower amqp.prefetch or payment.timeout_ms"
         ),
-        Finding::DeliveryLimitBelowAttempts {
+        Finding::DeliveryLimitBelowRedeliveryLimit {
             returns,
             source,
-            max_attempts,
+            redelivery_limit,
             dead_letter_exchange: false,
         } => tracing::warn!(
             queue,
             delivery_limit = returns,
             delivery_limit_source = source.as_str(),
-            max_attempts,
+            redelivery_limit,
             dead_letter_exchange = false,
-            "the queue's delivery limit is below retry.max_attempts and the queue has no \
-             dead-letter exchange: a message returned more often (crash, lost connection, \
-             shutdown, a retry that could not be parked) is dropped by the broker and lost; \
-             raise delivery-limit or add a dead-letter-exchange policy"
+            "the broker's delivery limit is below amqp.redelivery_limit and the queue has no \
+             dead-letter exchange: a message returned that often (a crash loop, repeatedly lost \
+             connections, shutdowns past their grace) is dropped by the broker and lost before \
+             the daemon dead-letters it as redelivery_limit; raise delivery-limit to at least \
+             amqp.redelivery_limit, or lower amqp.redelivery_limit"
         ),
-        Finding::DeliveryLimitBelowAttempts {
+        Finding::DeliveryLimitBelowRedeliveryLimit {
             returns,
             source,
-            max_attempts,
+            redelivery_limit,
             dead_letter_exchange: true,
         } => tracing::warn!(
             queue,
             delivery_limit = returns,
             delivery_limit_source = source.as_str(),
-            max_attempts,
+            redelivery_limit,
             dead_letter_exchange = true,
-            "the queue's delivery limit is below retry.max_attempts: a message returned more \
-             often is dead-lettered by the broker, without x-error-kind, before the retry \
-             policy gives up on it; raise delivery-limit"
-        ),
-        Finding::DeliveryLimitDropsMessages { returns, source } => tracing::warn!(
-            queue,
-            delivery_limit = returns,
-            delivery_limit_source = source.as_str(),
-            dead_letter_exchange = false,
-            "the queue has a delivery limit and no dead-letter exchange: a message returned \
-             more often (a crash loop, repeatedly lost connections) is dropped by the broker \
-             and lost; add a dead-letter-exchange policy"
+            "the broker's delivery limit is below amqp.redelivery_limit: a message returned \
+             that often is dead-lettered by the broker to the queue's dead-letter exchange, \
+             without x-error-kind, before the daemon dead-letters it to Q.dead as \
+             redelivery_limit; raise delivery-limit to at least amqp.redelivery_limit, or lower \
+             amqp.redelivery_limit"
         ),
     }
 }
