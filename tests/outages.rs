@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::TestEnv;
 use common::broker::Broker;
-use common::daemon::{Daemon, PaymentSim};
+use common::daemon::{Daemon, PaymentSim, SimOutage};
 use common::payment::{HANG, PaymentStub};
 use uuid::Uuid;
 
@@ -346,6 +346,60 @@ async fn three_replicas_one_killed_and_every_order_published_three_times_charge_
         stats["in_progress"] > 0,
         "copies met at the provider: {stats:?}"
     );
+    assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
+    broker.close().await;
+}
+
+/// Calls the daemon made to the provider so far, answered or not.
+fn payment_calls(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("order_processor_payment_request_seconds_count"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_refusing_connections_for_30_s_dead_letters_nothing() {
+    let env = TestEnv::new().await;
+    let sim = PaymentSim::start(&[]);
+    Broker::connect().await.declare(&env).await;
+    let daemon = Daemon::start(&env, &sim.url, &SHORT_RETRIES).await;
+    sim.outage(SimOutage::Refuse).await;
+
+    let outage = Instant::now();
+    let published = publish_paced(&env, 1000, 100);
+    env.eventually(Duration::from_secs(10), "the circuit opens", || async {
+        metric(
+            &daemon.metrics().await,
+            "order_processor_circuit_open{dependency=\"payment\"}",
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(daemon.status("/readyz").await, Some(200));
+    let ids = published.await.unwrap();
+    tokio::time::sleep_until((outage + Duration::from_secs(15)).into()).await;
+    let halfway = payment_calls(&daemon.metrics().await);
+    tokio::time::sleep_until((outage + Duration::from_secs(30)).into()).await;
+    let late_calls = payment_calls(&daemon.metrics().await) - halfway;
+    sim.outage(SimOutage::Off).await;
+    let ended = Instant::now();
+    assert!(
+        late_calls <= 20.0,
+        "{late_calls} calls in the outage's second half"
+    );
+
+    env.eventually(Duration::from_secs(40), "every order saved", || async {
+        env.order_count().await == ids.len() as i64
+    })
+    .await;
+    println!("all saved {:?} after the outage", ended.elapsed());
+    assert_eq!(
+        sim.stats().await["charges"],
+        ids.len() as u64,
+        "one charge each"
+    );
+    let broker = Broker::connect().await;
     assert_eq!(broker.depth(&env.dead_letter_queue()).await, 0);
     broker.close().await;
 }
