@@ -19,7 +19,7 @@
 //! earlier dead-letterings. Never left out: the headers the daemon sets on
 //! the copy and a `traceparent`/`tracestate` of a size the W3C allows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use lapin::BasicProperties;
 use lapin::protocol::basic::gen_properties;
@@ -204,8 +204,16 @@ pub fn fit(properties: BasicProperties, own: &[&str], room: Room) -> Result<Fitt
     candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
     let mut candidates = candidates.into_iter();
     let mut dropped: Vec<String> = Vec::new();
+    // What the list names: the earlier names, then this copy's, each once.
+    let mut named = Vec::new();
+    let mut seen = HashSet::new();
+    for name in earlier {
+        if seen.insert(name.clone()) {
+            named.push(name);
+        }
+    }
     loop {
-        let list = dropped_list(&earlier, &dropped);
+        let list = dropped_list(&named);
         let needed = total.saturating_add(
             list.as_ref()
                 .map_or(0, |list| entry_len(DROPPED_HEADERS, list)),
@@ -230,6 +238,9 @@ pub fn fit(properties: BasicProperties, own: &[&str], room: Room) -> Result<Fitt
         };
         headers.remove(&name);
         total = total.saturating_sub(size);
+        if seen.insert(name.to_string()) {
+            named.push(name.to_string());
+        }
         dropped.push(name.to_string());
     }
 }
@@ -269,15 +280,9 @@ fn listed_names(list: &AMQPValue) -> Vec<String> {
         .collect()
 }
 
-/// `x-dropped-headers`: the names `earlier` copies and this one left out,
-/// each once, as many as [`MAX_DROPPED_LIST`] bytes hold, then "(N more)".
-fn dropped_list(earlier: &[String], now: &[String]) -> Option<AMQPValue> {
-    let mut names: Vec<&str> = Vec::new();
-    for name in earlier.iter().chain(now) {
-        if !names.contains(&name.as_str()) {
-            names.push(name);
-        }
-    }
+/// `x-dropped-headers`: as many of `names` as [`MAX_DROPPED_LIST`] bytes
+/// hold, then "(N more)"; none if there are no names.
+fn dropped_list(names: &[String]) -> Option<AMQPValue> {
     if names.is_empty() {
         return None;
     }
