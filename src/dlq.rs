@@ -20,6 +20,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
 
+use crate::adapters::amqp::copy;
 use crate::adapters::amqp::headers::{self, ATTEMPTS, ERROR_KIND, ERROR_REASON};
 use crate::adapters::amqp::{self, AmqpError, Names, answered, topology};
 
@@ -142,6 +143,8 @@ pub async fn replay(
     limit: Option<u64>,
 ) -> Result<Replayed, DlqError> {
     let (connection, channel) = open(url, names, max_attempts).await?;
+    // Every copy fits this connection's frame (see `amqp::frame`).
+    let frame_max = connection.configuration().frame_max();
     let confirms = channel.confirm_select(ConfirmSelectOptions::default());
     answered(confirms, AmqpError::Channel).await?;
     let queue = names.dead_letter_queue();
@@ -162,7 +165,23 @@ pub async fn replay(
             done.skipped = done.skipped.saturating_add(1);
             continue;
         }
-        let properties = fresh_attempts(&delivery.properties);
+        let copy = match copy::replay_copy(fresh_attempts(&delivery.properties), frame_max) {
+            Ok(copy) => copy,
+            Err(error) => {
+                // Left in the queue (unacknowledged, so returned on close).
+                let _ = writeln!(stderr, "a dead letter cannot be replayed: {error}");
+                done.skipped = done.skipped.saturating_add(1);
+                continue;
+            }
+        };
+        if !copy.dropped.is_empty() {
+            let _ = writeln!(
+                stderr,
+                "replayed without {} header(s) to fit the broker's frame: see x-dropped-headers",
+                copy.dropped.len()
+            );
+        }
+        let properties = copy.properties;
         let publish = channel.basic_publish(
             names.exchange.as_str().into(),
             names.routing_key.as_str().into(),
@@ -199,7 +218,7 @@ const FAILURE_HEADERS: [&str; 10] = [
     ERROR_KIND,
     ERROR_REASON,
     ATTEMPTS,
-    "x-death",
+    headers::DEATHS,
     "x-first-death-exchange",
     "x-first-death-queue",
     "x-first-death-reason",

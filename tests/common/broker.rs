@@ -49,6 +49,11 @@ impl Broker {
         }
     }
 
+    /// The frame size negotiated with the broker (the daemon's is the same).
+    pub fn frame_max(&self) -> u32 {
+        self.connection.configuration().frame_max()
+    }
+
     /// Publishes and waits for the broker's confirm.
     pub async fn publish(
         &self,

@@ -176,7 +176,11 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             names: settings.names.clone(),
             metrics: Arc::clone(&self.metrics),
             settler,
-            republisher: Republisher::new(publishing.clone(), settings.names.clone()),
+            republisher: Republisher::new(
+                publishing.clone(),
+                settings.names.clone(),
+                connection.configuration().frame_max(),
+            ),
             retry: settings.retry,
             redelivery_limit: settings.redelivery_limit,
             intake: Arc::clone(&self.intake),

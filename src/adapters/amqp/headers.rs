@@ -1,5 +1,7 @@
 //! Reading and writing the AMQP headers the daemon cares about: the W3C
-//! trace context and the attempt count.
+//! trace context and the attempt count. Every header was written by a
+//! publisher who may be hostile or careless, so nothing read here panics
+//! or believes a value the broker does not vouch for.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -10,6 +12,12 @@ use super::topology::Names;
 pub const ATTEMPTS: &str = "x-attempts";
 pub const ERROR_KIND: &str = "x-error-kind";
 pub const ERROR_REASON: &str = "x-error-reason";
+/// Names the headers left out of a copy so that it fits the frame.
+pub const DROPPED_HEADERS: &str = "x-dropped-headers";
+/// The broker's record of a message's dead-letterings, newest first.
+pub const DEATHS: &str = "x-death";
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
 
 /// Lets the propagator read `traceparent`/`tracestate` from AMQP headers.
 pub struct HeaderExtractor<'a>(pub Option<&'a FieldTable>);
@@ -41,14 +49,20 @@ impl Injector for HeaderInjector<'_> {
 }
 
 /// The attempt this delivery is: one more than the attempts recorded when
-/// it was last sent for a retry, 1 for a fresh message.
+/// it was last sent for a retry, 1 for a fresh message, and always within
+/// 1..=`max_attempts`.
 ///
 /// The count is believed only when the broker says the message has just
 /// come back from the retry queue of that very attempt (`x-death`, newest
 /// first, names `{queue}.retry.{n}`). A publisher's own `x-attempts`, or a
 /// dead letter moved back by hand (a shovel, the management UI), starts
-/// over at 1 instead of getting fewer attempts than `MAX_ATTEMPTS`.
-pub fn attempt(properties: &BasicProperties, names: &Names) -> u32 {
+/// over at 1 instead of getting fewer attempts than `MAX_ATTEMPTS`. A
+/// publisher can still forge both headers together (the broker only
+/// prepends to an `x-death` it finds): that can shorten its own message's
+/// retries, never lengthen them, and the clamp keeps the count a dead
+/// letter reports at `max_attempts` at most (a retry queue left from a
+/// larger `MAX_ATTEMPTS` counts the same way).
+pub fn attempt(properties: &BasicProperties, names: &Names, max_attempts: u32) -> u32 {
     let Some(headers) = properties.headers().as_ref() else {
         return 1;
     };
@@ -67,7 +81,7 @@ pub fn attempt(properties: &BasicProperties, names: &Names) -> u32 {
         })
         .filter(|&n| last_death_queue(headers).is_some_and(|queue| queue == names.retry_queue(n)))
         .unwrap_or(0);
-    recorded.saturating_add(1)
+    recorded.saturating_add(1).clamp(1, max_attempts.max(1))
 }
 
 /// How many times the broker delivered the message before without it being
@@ -92,7 +106,7 @@ pub fn delivery_count(properties: &BasicProperties) -> Option<u64> {
 
 /// The queue the broker last dead-lettered the message from.
 fn last_death_queue(headers: &FieldTable) -> Option<&str> {
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get(DEATHS)? else {
         return None;
     };
     let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else {
@@ -211,7 +225,7 @@ mod tests {
         with_headers(
             &BasicProperties::default(),
             &[
-                ("x-death", deaths),
+                (DEATHS, deaths),
                 (ATTEMPTS, AMQPValue::LongLongInt(attempts)),
             ],
         )
@@ -220,10 +234,30 @@ mod tests {
     #[test]
     fn a_fresh_message_is_attempt_one_and_a_retried_one_counts_on() {
         let names = names();
-        assert_eq!(attempt(&BasicProperties::default(), &names), 1);
-        assert_eq!(attempt(&died_in("orders.process.retry.3", 3), &names), 4);
+        assert_eq!(attempt(&BasicProperties::default(), &names, 5), 1);
+        assert_eq!(attempt(&died_in("orders.process.retry.3", 3), &names, 5), 4);
         let hostile = died_in("orders.process.retry.3", -7);
-        assert_eq!(attempt(&hostile, &names), 1);
+        assert_eq!(attempt(&hostile, &names, 5), 1);
+    }
+
+    #[test]
+    fn the_attempt_never_exceeds_max_attempts_whatever_the_headers_claim() {
+        let names = names();
+        // Forged: there is no retry queue 99 when MAX_ATTEMPTS is 4.
+        assert_eq!(
+            attempt(&died_in("orders.process.retry.99", 99), &names, 4),
+            4
+        );
+        let huge = died_in(
+            &format!("orders.process.retry.{}", u32::MAX),
+            i64::from(u32::MAX),
+        );
+        assert_eq!(attempt(&huge, &names, 4), 4);
+        // Left from a deployment with a larger MAX_ATTEMPTS.
+        assert_eq!(attempt(&died_in("orders.process.retry.7", 7), &names, 4), 4);
+        assert_eq!(attempt(&died_in("orders.process.retry.2", 2), &names, 4), 3);
+        // A zero maximum (refused by the configuration) still means one attempt.
+        assert_eq!(attempt(&BasicProperties::default(), &names, 0), 1);
     }
 
     #[test]
@@ -233,11 +267,11 @@ mod tests {
             &BasicProperties::default(),
             &[(ATTEMPTS, AMQPValue::LongLongInt(9))],
         );
-        assert_eq!(attempt(&published, &names), 1);
+        assert_eq!(attempt(&published, &names, 5), 1);
         // A dead letter moved back by hand: it last died in retry queue 4,
         // and was then dead-lettered by the daemon as attempt 5.
-        assert_eq!(attempt(&died_in("orders.process.retry.4", 5), &names), 1);
-        assert_eq!(attempt(&died_in("other.retry.3", 3), &names), 1);
+        assert_eq!(attempt(&died_in("orders.process.retry.4", 5), &names, 5), 1);
+        assert_eq!(attempt(&died_in("other.retry.3", 3), &names, 5), 1);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 mod broker_check;
 mod consumer;
+pub mod copy;
+pub mod frame;
 pub mod headers;
 mod republish;
 mod settler;

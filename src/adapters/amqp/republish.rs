@@ -2,15 +2,17 @@
 //!
 //! The copy is published with `mandatory` on a channel in confirm mode, and
 //! only a broker confirmation (stored and routed) lets the caller ack the
-//! original: between the two, the message exists at least once.
+//! original: between the two, the message exists at least once. What the
+//! copy carries, and how it is kept within the connection's frame, is
+//! [`super::copy`]'s business.
 
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Confirmation};
 
-use super::headers::{self, ATTEMPTS, ERROR_KIND, ERROR_REASON};
+use super::copy;
+use super::frame::{DoesNotFit, Fitted};
 use super::topology::Names;
 
 pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,6 +25,8 @@ pub enum RepublishError {
     NotConfirmed,
     #[error("the broker did not confirm the message in time")]
     Timeout,
+    #[error("the copy cannot fit the broker's frame: {0}")]
+    TooLarge(#[source] DoesNotFit),
 }
 
 /// The channel retry and dead-letter copies are published on.
@@ -30,11 +34,17 @@ pub enum RepublishError {
 pub struct Republisher {
     channel: Channel,
     names: Names,
+    /// The connection's negotiated frame size, which every copy fits.
+    frame_max: u32,
 }
 
 impl Republisher {
-    pub fn new(channel: Channel, names: Names) -> Self {
-        Self { channel, names }
+    pub fn new(channel: Channel, names: Names, frame_max: u32) -> Self {
+        Self {
+            channel,
+            names,
+            frame_max,
+        }
     }
 
     /// Parks the message in the retry queue of `attempt` for `delay`.
@@ -45,19 +55,14 @@ impl Republisher {
         attempt: u32,
         delay: Duration,
     ) -> Result<(), RepublishError> {
-        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        let properties = headers::with_headers(
-            properties,
-            &[(ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempt)))],
-        )
-        .with_expiration(millis.to_string().into());
-        self.publish("", &self.names.retry_queue(attempt), body, properties)
-            .await
+        let queue = self.names.retry_queue(attempt);
+        let copy = copy::retry_copy(properties, &queue, attempt, delay, self.frame_max)
+            .map_err(RepublishError::TooLarge)?;
+        self.publish("", &queue, body, copy).await
     }
 
     /// Moves the message to the dead-letter queue: the same body and
-    /// properties, plus why and after how many attempts. A publisher's
-    /// `expiration` is left out, or the dead letter would expire in turn.
+    /// properties, plus why and after how many attempts.
     pub async fn dead_letter(
         &self,
         body: &[u8],
@@ -66,21 +71,10 @@ impl Republisher {
         kind: &str,
         reason: &str,
     ) -> Result<(), RepublishError> {
-        let properties = headers::with_headers(
-            &headers::without_expiration(properties),
-            &[
-                (ERROR_KIND, headers::text(kind)),
-                (ERROR_REASON, headers::text(reason)),
-                (ATTEMPTS, AMQPValue::LongLongInt(i64::from(attempt))),
-            ],
-        );
-        self.publish(
-            &self.names.dead_letter_exchange(),
-            &self.names.queue,
-            body,
-            properties,
-        )
-        .await
+        let copy = copy::dead_letter_copy(properties, attempt, kind, reason, self.frame_max)
+            .map_err(RepublishError::TooLarge)?;
+        let exchange = self.names.dead_letter_exchange();
+        self.publish(&exchange, &self.names.queue, body, copy).await
     }
 
     async fn publish(
@@ -88,8 +82,12 @@ impl Republisher {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        properties: BasicProperties,
+        copy: Fitted,
     ) -> Result<(), RepublishError> {
+        if !copy.dropped.is_empty() {
+            log_dropped(&copy.dropped);
+        }
+        let properties = copy.properties;
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -116,4 +114,16 @@ impl Republisher {
             Err(_) => Err(RepublishError::Timeout),
         }
     }
+}
+
+/// One line for an operator: which headers a copy goes without. At most a
+/// few names are logged; `x-dropped-headers` on the copy has the rest.
+fn log_dropped(dropped: &[String]) {
+    const LOGGED: usize = 8;
+    let names: Vec<&str> = dropped.iter().take(LOGGED).map(String::as_str).collect();
+    tracing::warn!(
+        dropped = dropped.len(),
+        headers = %names.join(", "),
+        "left the largest headers out of the copy so that it fits the broker's frame"
+    );
 }

@@ -30,7 +30,11 @@ pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
 ) {
     let started = Instant::now();
     session.metrics.in_flight().inc();
-    let attempt = headers::attempt(&delivery.properties, &session.names);
+    let attempt = headers::attempt(
+        &delivery.properties,
+        &session.names,
+        session.retry.max_attempts,
+    );
     let order = consumer_span(session, &delivery, attempt);
     let trace_id = telemetry::context_trace_id(&order);
 
