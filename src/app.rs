@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::adapters::amqp::{AmqpConsumer, BrokerCheckSettings, ConsumerSettings, Names};
 use crate::adapters::http_server::{HttpServer, HttpServerError};
-use crate::adapters::payment_http::{self, HttpPaymentProvider, PaymentClientError};
+use crate::adapters::payment_http::{self, HttpPaymentProvider, PaymentClientError, PaymentLimits};
 use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
 use crate::config::{ApiKey, Settings};
 use crate::health::Health;
@@ -77,11 +77,15 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     let concurrency = settings.workers.concurrency;
     let payment_timeout = Duration::from_millis(settings.payment.timeout_ms);
     let payments_in_flight = settings.payment_in_flight();
+    let payment_limits = PaymentLimits {
+        timeout: payment_timeout,
+        max_in_flight: payments_in_flight,
+        min_rate: settings.payment.min_rate,
+    };
     let payments = HttpPaymentProvider::new(
         settings.payment.base_url.expose(),
         settings.payment.api_key.as_ref().map(ApiKey::expose),
-        payment_timeout,
-        payments_in_flight,
+        payment_limits,
         Arc::clone(&metrics),
     )?;
 
@@ -129,12 +133,8 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
             grace: Duration::from_millis(settings.shutdown.grace_ms),
             broker_check: BrokerCheckSettings {
                 management_url: settings.amqp.management_url.clone(),
-                order_budget: payment_http::longest_wait(
-                    payment_timeout,
-                    concurrency,
-                    payments_in_flight,
-                )
-                .saturating_add(postgres::longest_wait(concurrency)),
+                order_budget: payment_http::longest_wait(payment_limits, concurrency)
+                    .saturating_add(postgres::longest_wait(concurrency)),
             },
         },
         usecase,

@@ -87,6 +87,9 @@ pub struct PaymentSettings {
     /// Charges sent to the provider at the same time; 0 means as many as
     /// the worker pool.
     pub max_in_flight: usize,
+    /// The slowest the rate limiter paces charges while the provider
+    /// answers 429, per second.
+    pub min_rate: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,6 +157,7 @@ struct LayeredPayment {
     timeout_ms: u64,
     #[serde(default)]
     max_in_flight: usize,
+    min_rate: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +259,7 @@ impl Settings {
                 api_key: env.var(ApiKey::VARIABLE)?.map(ApiKey::parse).transpose()?,
                 timeout_ms: layered.payment.timeout_ms,
                 max_in_flight: layered.payment.max_in_flight,
+                min_rate: layered.payment.min_rate,
             },
             database: DatabaseSettings {
                 url: url(

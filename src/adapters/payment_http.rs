@@ -101,10 +101,14 @@ impl HttpPaymentProvider {
     pub fn new(
         base_url: &str,
         api_key: Option<&str>,
-        timeout: Duration,
-        max_in_flight: Option<usize>,
+        limits: PaymentLimits,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PaymentClientError> {
+        let PaymentLimits {
+            timeout,
+            max_in_flight,
+            min_rate,
+        } = limits;
         let max_in_flight = max_in_flight.map(|n| n.clamp(1, Semaphore::MAX_PERMITS));
         let base = Url::parse(base_url).map_err(|_| PaymentClientError::InvalidUrl)?;
         let charges_url = charges_url(&base).ok_or(PaymentClientError::InvalidUrl)?;
@@ -152,7 +156,7 @@ impl HttpPaymentProvider {
             server_address,
             metrics,
             in_flight: max_in_flight.map(Semaphore::new),
-            pace: AdaptiveRate::new(Instant::now()),
+            pace: AdaptiveRate::new(Instant::now(), min_rate),
             line: tokio::sync::Mutex::new(()),
         })
     }
@@ -323,17 +327,33 @@ impl opentelemetry::propagation::Injector for HeaderCarrier<'_> {
     }
 }
 
-/// The longest an order can wait for the provider: its own request, and
-/// before it those of the orders ahead of it in the queue for a turn
+/// How long, how many at once and how slowly charges may go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PaymentLimits {
+    /// One request's timeout.
+    pub timeout: Duration,
+    /// Charges in flight, when capped below the worker pool.
+    pub max_in_flight: Option<usize>,
+    /// The slowest the rate limiter paces charges (per second).
+    pub min_rate: f64,
+}
+
+/// The longest an order can wait for the provider: its own request, before
+/// it those of the orders ahead of it in the queue for a turn
 /// (`concurrency` orders in flight, `max_in_flight` charges at a time if
-/// capped, each bounded by `timeout`).
-pub fn longest_wait(
-    timeout: Duration,
-    concurrency: usize,
-    max_in_flight: Option<usize>,
-) -> Duration {
-    let turns = max_in_flight.map_or(1, |n| concurrency.div_ceil(n.max(1)).max(1));
-    timeout.saturating_mul(u32::try_from(turns).unwrap_or(u32::MAX))
+/// capped, each bounded by the timeout), and, while the provider limits
+/// the rate, its place in the line for a token (every order in flight
+/// ahead of it, at the slowest rate).
+pub fn longest_wait(limits: PaymentLimits, concurrency: usize) -> Duration {
+    let turns = limits
+        .max_in_flight
+        .map_or(1, |n| concurrency.div_ceil(n.max(1)).max(1));
+    let requests = limits
+        .timeout
+        .saturating_mul(u32::try_from(turns).unwrap_or(u32::MAX));
+    let line =
+        Duration::try_from_secs_f64(concurrency as f64 / limits.min_rate).unwrap_or(Duration::MAX);
+    requests.saturating_add(line)
 }
 
 fn error_type(error: &PaymentError) -> &'static str {
@@ -387,13 +407,33 @@ mod tests {
     #[test]
     fn an_order_waits_for_the_charges_ahead_of_it_when_turns_are_limited() {
         let timeout = Duration::from_secs(5);
-        assert_eq!(longest_wait(timeout, 2048, None), timeout);
-        assert_eq!(longest_wait(timeout, 2048, Some(2048)), timeout);
-        assert_eq!(longest_wait(timeout, 16, Some(64)), timeout);
-        assert_eq!(longest_wait(timeout, 2048, Some(64)), timeout * 32);
-        assert_eq!(longest_wait(timeout, 65, Some(64)), timeout * 2);
-        assert_eq!(longest_wait(timeout, 8, Some(0)), timeout * 8);
-        assert_eq!(longest_wait(Duration::MAX, 2, Some(1)), Duration::MAX);
+        let wait = |timeout, concurrency, max_in_flight| {
+            // A very high floor leaves the token line out of the sums.
+            let limits = PaymentLimits {
+                timeout,
+                max_in_flight,
+                min_rate: 1e12,
+            };
+            longest_wait(limits, concurrency)
+        };
+        assert_eq!(wait(timeout, 2048, None), timeout);
+        assert_eq!(wait(timeout, 2048, Some(2048)), timeout);
+        assert_eq!(wait(timeout, 16, Some(64)), timeout);
+        assert_eq!(wait(timeout, 2048, Some(64)), timeout * 32);
+        assert_eq!(wait(timeout, 65, Some(64)), timeout * 2);
+        assert_eq!(wait(timeout, 8, Some(0)), timeout * 8);
+        assert_eq!(wait(Duration::MAX, 2, Some(1)), Duration::MAX);
+        // While rate-limited, an order may wait for every order ahead of it
+        // in the line at the slowest rate: 2048 orders at 2/s.
+        let limited = PaymentLimits {
+            timeout,
+            max_in_flight: None,
+            min_rate: 2.0,
+        };
+        assert_eq!(
+            longest_wait(limited, 2048),
+            timeout + Duration::from_secs(1024)
+        );
     }
 
     #[test]

@@ -29,8 +29,6 @@ use std::time::{Duration, Instant};
 const BETA: f64 = 0.7;
 /// CUBIC's scaling constant, in charges/s per s³.
 const SCALE: f64 = 0.4;
-/// The rate never falls below this (charges/s).
-const MIN_RATE: f64 = 0.5;
 /// Growth stops at this multiple of the rate of the last cut; only a
 /// minute without 429s lifts the limit altogether.
 const MAX_GROWTH: f64 = 2.0;
@@ -56,6 +54,8 @@ struct Books {
     engaged: bool,
     /// Tokens per second.
     rate: f64,
+    /// The rate never falls below this.
+    min_rate: f64,
     /// Tokens now; below zero, the tokens already promised to waiters.
     tokens: f64,
     last_refill: Instant,
@@ -74,9 +74,11 @@ pub struct AdaptiveRate {
 }
 
 impl AdaptiveRate {
-    pub fn new(now: Instant) -> Self {
+    /// A limiter that never paces charges slower than `min_rate` a second.
+    pub fn new(now: Instant, min_rate: f64) -> Self {
         Self {
             books: Mutex::new(Books {
+                min_rate,
                 origin: now,
                 accepted: [Slice::default(); SLICES],
                 engaged: false,
@@ -198,8 +200,8 @@ impl Books {
         // The bucket starts empty: the provider has no room left either.
         self.tokens = 0.0;
         self.last_refill = now;
-        self.max_rate = before.max(MIN_RATE);
-        self.rate = (self.max_rate * BETA).max(MIN_RATE);
+        self.max_rate = before.max(self.min_rate);
+        self.rate = (self.max_rate * BETA).max(self.min_rate);
         self.recovery = (self.max_rate * (1.0 - BETA) / SCALE).cbrt();
         self.last_cut = now;
     }
@@ -220,7 +222,10 @@ impl Books {
         self.refill(now);
         let since_cut = now.saturating_duration_since(self.last_cut).as_secs_f64();
         let curve = SCALE * (since_cut - self.recovery).powi(3) + self.max_rate;
-        self.rate = curve.clamp(MIN_RATE, self.max_rate * MAX_GROWTH);
+        self.rate = curve.clamp(
+            self.min_rate,
+            (self.max_rate * MAX_GROWTH).max(self.min_rate),
+        );
     }
 }
 
@@ -243,7 +248,7 @@ mod tests {
     #[test]
     fn until_the_first_429_no_charge_waits() {
         let start = Instant::now();
-        let limiter = AdaptiveRate::new(start);
+        let limiter = AdaptiveRate::new(start, 0.5);
         for n in 0..1000 {
             assert!(!limiter.engaged(start + ms(n)));
             assert_eq!(limiter.take(start + ms(n)), None);
@@ -255,7 +260,7 @@ mod tests {
     #[test]
     fn a_429_cuts_the_rate_to_beta_times_what_the_provider_accepted() {
         let start = Instant::now();
-        let limiter = AdaptiveRate::new(start);
+        let limiter = AdaptiveRate::new(start, 0.5);
         // The provider accepted 200 charges in the last second, then throttles.
         for n in 0..200 {
             limiter.answered(start + ms(n * 4), start, false);
@@ -274,7 +279,7 @@ mod tests {
     #[test]
     fn accepted_answers_to_a_burst_that_arrive_after_its_first_429_still_count() {
         let start = Instant::now();
-        let limiter = AdaptiveRate::new(start);
+        let limiter = AdaptiveRate::new(start, 0.5);
         // 2000 charges sent at once; the first 429 comes back after only 20
         // of the 200 the provider accepted.
         for n in 0..20 {
@@ -292,7 +297,7 @@ mod tests {
     #[test]
     fn once_engaged_charges_are_spaced_at_the_rate() {
         let start = Instant::now();
-        let limiter = AdaptiveRate::new(start);
+        let limiter = AdaptiveRate::new(start, 0.5);
         for n in 0..100 {
             limiter.answered(start + ms(n), start, false);
         }
@@ -320,7 +325,7 @@ mod tests {
     #[test]
     fn without_429s_the_rate_grows_back_past_the_old_maximum_then_pacing_stops() {
         let start = Instant::now();
-        let limiter = AdaptiveRate::new(start);
+        let limiter = AdaptiveRate::new(start, 0.5);
         for n in 0..100 {
             limiter.answered(start + ms(n), start, false);
         }
@@ -345,7 +350,7 @@ mod tests {
     #[test]
     fn a_429_after_the_cut_cuts_again_from_the_lower_of_the_rate_and_the_accepted() {
         let start = Instant::now();
-        let limiter = AdaptiveRate::new(start);
+        let limiter = AdaptiveRate::new(start, 0.5);
         for n in 0..100 {
             limiter.answered(start + ms(n), start, false);
         }
