@@ -408,13 +408,15 @@ mod tests {
     fn an_order_waits_for_the_charges_ahead_of_it_when_turns_are_limited() {
         let timeout = Duration::from_secs(5);
         let wait = |timeout, concurrency, max_in_flight| {
-            // A very high floor leaves the token line out of the sums.
+            // A very high floor leaves the token line out of the sums (but
+            // for a few nanoseconds, below the millisecond compared).
             let limits = PaymentLimits {
                 timeout,
                 max_in_flight,
                 min_rate: 1e12,
             };
-            longest_wait(limits, concurrency)
+            let wait: Duration = longest_wait(limits, concurrency);
+            Duration::from_millis(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
         };
         assert_eq!(wait(timeout, 2048, None), timeout);
         assert_eq!(wait(timeout, 2048, Some(2048)), timeout);
@@ -422,7 +424,17 @@ mod tests {
         assert_eq!(wait(timeout, 2048, Some(64)), timeout * 32);
         assert_eq!(wait(timeout, 65, Some(64)), timeout * 2);
         assert_eq!(wait(timeout, 8, Some(0)), timeout * 8);
-        assert_eq!(wait(Duration::MAX, 2, Some(1)), Duration::MAX);
+        assert_eq!(
+            longest_wait(
+                PaymentLimits {
+                    timeout: Duration::MAX,
+                    max_in_flight: Some(1),
+                    min_rate: 1.0
+                },
+                2
+            ),
+            Duration::MAX
+        );
         // While rate-limited, an order may wait for every order ahead of it
         // in the line at the slowest rate: 2048 orders at 2/s.
         let limited = PaymentLimits {
