@@ -15,9 +15,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::TestEnv;
 use common::broker::Broker;
 use common::daemon::{Daemon, PaymentSim};
+use common::{SHORT_RETRIES, TestEnv, publish_paced};
 
 /// Held by each test: two restarts at once would break both tests.
 static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -165,33 +165,6 @@ fn pg_ctlcluster(action: &str) {
     assert!(status.success(), "pg_ctlcluster {action}");
 }
 
-/// Retry settings that would dead-letter an order within half a second.
-const SHORT_RETRIES: [(&str, &str); 3] = [
-    ("ORDER_PROCESSOR__RETRY__MAX_ATTEMPTS", "4"),
-    ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "50"),
-    ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "400"),
-];
-
-/// Publishes `count` orders at about `per_second`, in the background.
-fn publish_paced(env: &TestEnv, count: usize, per_second: u32) -> tokio::task::JoinHandle<usize> {
-    let exchange = env.exchange.clone();
-    let routing_key = env.routing_key.clone();
-    tokio::spawn(async move {
-        let broker = Broker::connect().await;
-        let gap = Duration::from_secs(1) / per_second;
-        let started = tokio::time::Instant::now();
-        for n in 0..count {
-            let body = common::order_json(uuid::Uuid::new_v4(), "tok_visa");
-            broker
-                .publish(&exchange, &routing_key, &body, Broker::properties(None))
-                .await;
-            tokio::time::sleep_until(started + gap * (n as u32 + 1)).await;
-        }
-        broker.close().await;
-        count
-    })
-}
-
 async fn circuit_open(daemon: &Daemon) -> bool {
     daemon
         .metrics()
@@ -219,7 +192,7 @@ async fn postgres_stopped_for_30_s_under_load_dead_letters_nothing_and_saves_eve
     .await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     drop(stopped);
-    let count = published.await.unwrap();
+    let count = published.await.unwrap().len();
 
     env.eventually(Duration::from_secs(60), "every order saved", || async {
         saved(&env).await == Some(count as i64)
@@ -262,7 +235,7 @@ async fn a_table_locked_for_60_s_so_that_statements_hang_dead_letters_nothing() 
     tokio::time::sleep(Duration::from_secs(50)).await;
     lock.rollback().await.unwrap();
     let released = std::time::Instant::now();
-    let count = published.await.unwrap();
+    let count = published.await.unwrap().len();
 
     env.eventually(Duration::from_secs(60), "every order saved", || async {
         saved(&env).await == Some(count as i64)

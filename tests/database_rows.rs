@@ -18,9 +18,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestEnv;
 use common::daemon::Daemon;
 use common::payment::PaymentStub;
+use common::{SHORT_RETRIES, TestEnv, metric, metric_sum};
 use futures_util::future::join_all;
 use order_processor::adapters::postgres::{self, PostgresOrders};
 use order_processor::domain::{
@@ -32,14 +32,6 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Retry settings that dead-letter a failing order after 4 attempts, within
-/// a second.
-const SHORT_RETRIES: [(&str, &str); 3] = [
-    ("ORDER_PROCESSOR__RETRY__MAX_ATTEMPTS", "4"),
-    ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "50"),
-    ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "400"),
-];
 
 /// A charge id PostgreSQL's `text` cannot store: it holds a NUL.
 const NUL_CHARGE_ID: &str = "ch_secret\u{0}tail";
@@ -94,24 +86,6 @@ async fn saved(env: &TestEnv, row: &ProcessedOrder) -> bool {
         .await
         .unwrap()
         == 1
-}
-
-/// The value of one series of `/metrics`, 0 when absent.
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// The sum of every series of a metric whose labels start with `labels`.
-fn metric_sum(metrics: &str, name_and_labels: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(name_and_labels))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

@@ -18,58 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
 use common::broker::Broker;
 use common::daemon::{Daemon, PaymentSim, SimOutage};
 use common::payment::{HANG, PaymentStub};
+use common::{SHORT_RETRIES, TestEnv, metric, metric_sum, publish_paced};
 use uuid::Uuid;
-
-/// Retry settings that would dead-letter an order within half a second.
-const SHORT_RETRIES: [(&str, &str); 3] = [
-    ("ORDER_PROCESSOR__RETRY__MAX_ATTEMPTS", "4"),
-    ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "50"),
-    ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "400"),
-];
-
-/// The value of one series of `/metrics`, 0 when absent.
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Publishes `count` orders at about `per_second`, in the background.
-fn publish_paced(
-    env: &TestEnv,
-    count: usize,
-    per_second: u32,
-) -> tokio::task::JoinHandle<Vec<Uuid>> {
-    let exchange = env.exchange.clone();
-    let routing_key = env.routing_key.clone();
-    tokio::spawn(async move {
-        let broker = Broker::connect().await;
-        let gap = Duration::from_secs(1) / per_second;
-        let started = tokio::time::Instant::now();
-        let mut ids = Vec::with_capacity(count);
-        for n in 0..count {
-            let id = Uuid::new_v4();
-            broker
-                .publish(
-                    &exchange,
-                    &routing_key,
-                    &common::order_json(id, "tok_visa"),
-                    Broker::properties(None),
-                )
-                .await;
-            ids.push(id);
-            tokio::time::sleep_until(started + gap * (n as u32 + 1)).await;
-        }
-        broker.close().await;
-        ids
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_outage_longer_than_the_retry_budget_dead_letters_nothing() {
@@ -352,11 +305,7 @@ async fn three_replicas_one_killed_and_every_order_published_three_times_charge_
 
 /// Calls the daemon made to the provider so far, answered or not.
 fn payment_calls(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with("order_processor_payment_request_seconds_count"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(metrics, "order_processor_payment_request_seconds_count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

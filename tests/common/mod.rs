@@ -203,6 +203,64 @@ pub fn order_json(order_id: Uuid, token: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Retry settings that dead-letter an order failing every time after 4
+/// attempts, within about half a second.
+pub const SHORT_RETRIES: [(&str, &str); 3] = [
+    ("ORDER_PROCESSOR__RETRY__MAX_ATTEMPTS", "4"),
+    ("ORDER_PROCESSOR__RETRY__BASE_DELAY_MS", "50"),
+    ("ORDER_PROCESSOR__RETRY__MAX_DELAY_MS", "400"),
+];
+
+/// The value of one series of `/metrics`, 0 when absent.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sum of every series of `/metrics` whose name and labels start so.
+pub fn metric_sum(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name_and_labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Publishes `count` valid orders at about `per_second`, in the
+/// background; the task returns their ids.
+pub fn publish_paced(
+    env: &TestEnv,
+    count: usize,
+    per_second: u32,
+) -> tokio::task::JoinHandle<Vec<Uuid>> {
+    let exchange = env.exchange.clone();
+    let routing_key = env.routing_key.clone();
+    tokio::spawn(async move {
+        let broker = broker::Broker::connect().await;
+        let gap = Duration::from_secs(1) / per_second;
+        let started = tokio::time::Instant::now();
+        let mut ids = Vec::with_capacity(count);
+        for n in 0..count {
+            let id = Uuid::new_v4();
+            broker
+                .publish(
+                    &exchange,
+                    &routing_key,
+                    &order_json(id, "tok_visa"),
+                    broker::Broker::properties(None),
+                )
+                .await;
+            ids.push(id);
+            tokio::time::sleep_until(started + gap * (n as u32 + 1)).await;
+        }
+        broker.close().await;
+        ids
+    })
+}
+
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
