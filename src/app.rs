@@ -14,7 +14,7 @@ use crate::adapters::payment_http::{self, HttpPaymentProvider, PaymentClientErro
 use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
 use crate::config::{ApiKey, Settings};
 use crate::health::Health;
-use crate::intake::Intake;
+use crate::intake::{Intake, Watched};
 use crate::metrics::Metrics;
 use crate::telemetry::OrderTracer;
 use crate::usecase::ProcessOrder;
@@ -121,7 +121,15 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
         concurrency,
         Arc::clone(&metrics),
     );
-    let usecase = Arc::new(ProcessOrder::new(payments, orders));
+    let intake = Arc::new(Intake::new(
+        settings.circuit_settings(),
+        Arc::clone(&metrics),
+    ));
+    // Every call to a dependency is counted by the intake gate as it returns.
+    let usecase = Arc::new(ProcessOrder::new(
+        Watched::new(payments, Arc::clone(&intake)),
+        Watched::new(orders, Arc::clone(&intake)),
+    ));
     let consumer = AmqpConsumer::new(
         ConsumerSettings {
             url: settings.amqp.url.expose().to_owned(),
@@ -141,10 +149,7 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
         tracer,
         Arc::clone(&metrics),
         Arc::clone(&health),
-        Arc::new(Intake::new(
-            settings.circuit_settings(),
-            Arc::clone(&metrics),
-        )),
+        intake,
     );
     // On a runtime worker rather than the thread that started the runtime:
     // the order tasks the consumer spawns then start on that worker's own

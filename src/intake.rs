@@ -1,9 +1,11 @@
 //! Whether the consumer takes new deliveries: paused while the payment
 //! provider or the database is down, with one order at a time testing it.
 //!
-//! Every processed order tells the [`Intake`] what it learnt of each
-//! dependency it reached (see [`Observed::of`]); a [`Circuit`] per
-//! dependency decides from that whether the dependency is down. While one
+//! Every call to a dependency is counted as it returns ([`Watched`] wraps
+//! the use case's two ports), so that a success counts as soon as it is
+//! known; a [`Circuit`] per dependency decides from that whether the
+//! dependency is down. A test order's outcome, read from its result (see
+//! [`Observed::of`]), closes the circuit or puts the next test off. While one
 //! is open, [`Intake::admit`] lets no delivery through but a single test
 //! order when the circuit says a test is due; the test's outcome closes
 //! the circuit or puts the next test off. Orders that fail because of the
@@ -20,6 +22,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::circuit::{Circuit, CircuitSettings, Transition};
+use crate::domain::{
+    ChargeId, Order, OrderId, OrderRepository, PaymentError, PaymentProvider, ProcessedOrder,
+    RepositoryError,
+};
 use crate::metrics::Metrics;
 use crate::usecase::{ProcessError, Processed};
 
@@ -218,8 +224,23 @@ impl Intake {
         }
     }
 
-    /// Takes in what an order showed of the dependencies, and returns
-    /// whether intake is paused now (after counting it).
+    /// Counts the outcome of one call to a dependency, as it comes back:
+    /// a success counts as soon as it is known, not once the rest of its
+    /// order is done, so that quick failures never outrun it.
+    pub fn saw(&self, dependency: Dependency, failed: Option<bool>) {
+        let Some(failed) = failed else { return };
+        let transition = self
+            .books()
+            .circuit(dependency)
+            .record(Instant::now(), failed);
+        if let Some(transition) = transition {
+            self.announce(dependency, transition);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Takes in what an order showed of the dependencies (a test's outcome
+    /// decides its circuits), and returns whether intake is paused now.
     pub fn observe(&self, admission: Admission, observed: Observed) -> bool {
         let now = Instant::now();
         let mut transitions = Vec::new();
@@ -227,9 +248,10 @@ impl Intake {
             let mut books = self.books();
             for dependency in [Dependency::Payment, Dependency::Database] {
                 let circuit = books.circuit(dependency);
+                // The calls of a normal order were counted as they were
+                // made (see [`Watched`]); a test's outcome decides the circuit.
                 let transition = match (observed.of_dependency(dependency), admission) {
-                    (None, _) => None,
-                    (Some(failed), Admission::Normal) => circuit.record(now, failed),
+                    (None, _) | (Some(_), Admission::Normal) => None,
                     (Some(failed), Admission::Test) => circuit.probed(now, failed),
                 };
                 if let Some(transition) = transition {
@@ -268,6 +290,56 @@ impl Intake {
                 self.metrics.circuit(name, false);
             }
         }
+    }
+}
+
+/// A port whose every call is counted by the [`Intake`] as it returns:
+/// `Watched<P>` is a `PaymentProvider` when `P` is, and `Watched<R>` an
+/// `OrderRepository` when `R` is.
+pub struct Watched<T> {
+    inner: T,
+    intake: Arc<Intake>,
+}
+
+impl<T> Watched<T> {
+    pub fn new(inner: T, intake: Arc<Intake>) -> Self {
+        Self { inner, intake }
+    }
+}
+
+impl<P: PaymentProvider> PaymentProvider for Watched<P> {
+    async fn charge(&self, order: &Order) -> Result<ChargeId, PaymentError> {
+        let result = self.inner.charge(order).await;
+        let failed = match &result {
+            Ok(_) | Err(PaymentError::Declined | PaymentError::Rejected { .. }) => Some(false),
+            Err(PaymentError::Unavailable { reason, .. }) => reason.is_outage().then_some(true),
+        };
+        self.intake.saw(Dependency::Payment, failed);
+        result
+    }
+}
+
+impl<R: OrderRepository> Watched<R> {
+    fn saw<T>(&self, result: &Result<T, RepositoryError>) {
+        let failed = match result {
+            Ok(_) => Some(false),
+            Err(error) => error.is_outage().then_some(true),
+        };
+        self.intake.saw(Dependency::Database, failed);
+    }
+}
+
+impl<R: OrderRepository> OrderRepository for Watched<R> {
+    async fn is_processed(&self, id: OrderId) -> Result<bool, RepositoryError> {
+        let result = self.inner.is_processed(id).await;
+        self.saw(&result);
+        result
+    }
+
+    async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
+        let result = self.inner.save(order).await;
+        self.saw(&result);
+        result
     }
 }
 
@@ -330,8 +402,12 @@ mod tests {
         let stop = CancellationToken::new();
         assert_eq!(intake.admit(&stop).await, Some(Admission::Normal));
         let down = Observed::of(&payment_down());
-        assert!(!intake.observe(Admission::Normal, down));
-        assert!(!intake.observe(Admission::Normal, down));
+        intake.saw(Dependency::Payment, Some(true));
+        intake.saw(Dependency::Payment, Some(true));
+        assert!(!intake.is_paused());
+        intake.saw(Dependency::Payment, Some(true));
+        assert!(intake.is_paused());
+        // A normal order's outcome changes nothing: its calls were counted.
         assert!(intake.observe(Admission::Normal, down));
 
         let started = Instant::now();
@@ -352,7 +428,7 @@ mod tests {
         let intake = Intake::new(settings(), Arc::new(Metrics::new()));
         let stop = CancellationToken::new();
         for _ in 0..3 {
-            intake.observe(Admission::Normal, Observed::of(&payment_down()));
+            intake.saw(Dependency::Payment, Some(true));
         }
         assert_eq!(intake.admit(&stop).await, Some(Admission::Test));
         let already = Observed::of(&Ok(Processed::AlreadyProcessed));
