@@ -74,13 +74,19 @@ pub enum DatabaseError {
 /// database is down, and becomes ready once it answers.
 pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DatabaseError> {
     let options = PgConnectOptions::from_str(url).map_err(DatabaseError::InvalidUrl)?;
-    // The lookup `order_id = ANY($1)` is a prepared statement, first planned
-    // while the table may be empty, when a sequential scan is right;
-    // PostgreSQL would keep that generic plan while the table grows and scan
-    // all of it for every batch. Custom plans use the primary key every time.
+    // The lookup `order_id = ANY($1)` must use the primary key whatever the
+    // table's size and statistics. Planned while the table is small, or
+    // while its statistics lag behind its growth, a batch's lookup reads all
+    // of it instead: a prepared statement's generic plan keeps that choice
+    // while the table grows (hence custom plans), and even a custom plan
+    // makes it while the statistics say the table is small. The daemon's
+    // statements never need a sequential scan, so its sessions rule it out.
     let options = options
         .application_name("order-processor")
-        .options([("plan_cache_mode", "force_custom_plan")])
+        .options([
+            ("plan_cache_mode", "force_custom_plan"),
+            ("enable_seqscan", "off"),
+        ])
         // sqlx would log a slow statement with its SQL text at WARN; what the
         // daemon logs never holds SQL. A slow batch shows in its span instead.
         .disable_statement_logging();
