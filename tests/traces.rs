@@ -110,6 +110,8 @@ fn is_process_span(span: &Span, order: &Published, destination: &str, attempt: &
         &order.body.len().to_string(),
     );
     assert!(attribute(span, "messaging.rabbitmq.message.delivery_tag").is_some());
+    has(span, "server.address", "127.0.0.1");
+    has(span, "server.port", "5672");
     has(span, "order.id", &order.id.to_string());
     has(span, "order_processor.attempt", attempt);
     for ours in ["messaging.rabbitmq.attempt", "messaging.rabbitmq.outcome"] {
@@ -139,6 +141,8 @@ fn is_send_span(span: &Span, order: &Published, process: &Span, destination: &st
     has(span, "messaging.operation.name", "publish");
     has(span, "messaging.destination.name", destination);
     has(span, "messaging.message.id", &order.id.to_string());
+    has(span, "server.address", "127.0.0.1");
+    has(span, "server.port", "5672");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,12 +68,26 @@ pub fn process_destination(exchange: &str, routing_key: &str, queue: &str) -> St
     parts.join(":")
 }
 
+/// The broker a span's operation went to (`server.address`, `server.port`).
+#[derive(Debug, Clone)]
+pub struct Server([KeyValue; 2]);
+
+impl Server {
+    pub fn new(host: &str, port: u16) -> Self {
+        Self([
+            KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()),
+            KeyValue::new(semconv::SERVER_PORT, i64::from(port)),
+        ])
+    }
+}
+
 /// Where messages go: the span name and the attributes that say so.
 #[derive(Debug, Clone)]
 pub struct Destination {
     span_name: Cow<'static, str>,
     name: StringValue,
     routing_key: Option<StringValue>,
+    server: Option<Server>,
 }
 
 impl Destination {
@@ -84,6 +98,15 @@ impl Destination {
             span_name: Cow::Owned(format!("{PUBLISH} {name}")),
             name: name.into(),
             routing_key: (!routing_key.is_empty()).then(|| routing_key.to_owned().into()),
+            server: None,
+        }
+    }
+
+    /// The same destination, on the broker `server`.
+    pub fn at(self, server: Option<&Server>) -> Self {
+        Self {
+            server: server.cloned(),
+            ..self
         }
     }
 
@@ -97,6 +120,9 @@ impl Destination {
                 semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
                 key.clone(),
             ));
+        }
+        if let Some(Server(server)) = &self.server {
+            into.extend_from_slice(server);
         }
     }
 }
@@ -122,15 +148,20 @@ pub struct ProcessSpans {
     /// queue through the default exchange.
     known: [(String, String, Destination); 2],
     constant: [KeyValue; 3],
+    server: Option<Server>,
 }
 
 impl ProcessSpans {
-    pub fn new(exchange: &str, routing_key: &str, queue: &str) -> Self {
-        let known = [(exchange, routing_key), ("", queue)]
-            .map(|(e, k)| (e.to_owned(), k.to_owned(), process(e, k, queue).made_once()));
+    /// The process spans of deliveries from `queue` on the broker `server`.
+    pub fn new(exchange: &str, routing_key: &str, queue: &str, server: Option<Server>) -> Self {
+        let known = [(exchange, routing_key), ("", queue)].map(|(e, k)| {
+            let destination = process(e, k, queue).at(server.as_ref()).made_once();
+            (e.to_owned(), k.to_owned(), destination)
+        });
         Self {
             queue: queue.to_owned(),
             known,
+            server,
             constant: [
                 KeyValue::new(semconv::MESSAGING_SYSTEM, SYSTEM),
                 KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
@@ -148,15 +179,12 @@ impl ProcessSpans {
             .find(|(e, k, _)| e == delivery.exchange && k == delivery.routing_key)
             .map(|(_, _, destination)| Cow::Borrowed(destination));
         let destination = known.unwrap_or_else(|| {
-            Cow::Owned(process(
-                delivery.exchange,
-                delivery.routing_key,
-                &self.queue,
-            ))
+            let destination = process(delivery.exchange, delivery.routing_key, &self.queue);
+            Cow::Owned(destination.at(self.server.as_ref()))
         });
         // Room for what `finish` and the order add later (order id,
         // outcome, error type), so that none of them grows it.
-        let mut attributes = Vec::with_capacity(14);
+        let mut attributes = Vec::with_capacity(16);
         attributes.extend_from_slice(&self.constant);
         destination.attributes(&mut attributes);
         attributes.extend([
@@ -197,6 +225,7 @@ fn process(exchange: &str, routing_key: &str, queue: &str) -> Destination {
         span_name: Cow::Owned(format!("process {name}")),
         name: name.into(),
         routing_key: (!routing_key.is_empty()).then(|| routing_key.to_owned().into()),
+        server: None,
     }
 }
 
@@ -270,7 +299,7 @@ pub fn producer_span(
     creation: Creation<'_>,
 ) -> SendSpan {
     let builder = |link: Option<Link>| {
-        let mut attributes = Vec::with_capacity(8);
+        let mut attributes = Vec::with_capacity(10);
         attributes.extend([
             KeyValue::new(semconv::MESSAGING_SYSTEM, SYSTEM),
             KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "send"),
@@ -362,7 +391,7 @@ mod tests {
     #[test]
     fn a_process_span_is_named_after_its_destination_and_links_its_creation() {
         use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-        let spans = ProcessSpans::new("orders", "order.created", "orders.process");
+        let spans = ProcessSpans::new("orders", "order.created", "orders.process", None);
         let creation = SpanContext::new(
             TraceId::from(1),
             SpanId::from(2),

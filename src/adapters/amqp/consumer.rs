@@ -38,7 +38,7 @@ use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::retry::{self, RetryPolicy};
 use crate::telemetry::OrderTracer;
-use crate::telemetry::messaging::ProcessSpans;
+use crate::telemetry::messaging::{ProcessSpans, Server};
 use crate::usecase::ProcessOrder;
 
 /// Everything the consumer needs to know, taken from the settings.
@@ -99,7 +99,8 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         intake: Arc<Intake>,
     ) -> Self {
         let names = &settings.names;
-        let spans = ProcessSpans::new(&names.exchange, &names.routing_key, &names.queue);
+        let server = broker_server(&settings.url);
+        let spans = ProcessSpans::new(&names.exchange, &names.routing_key, &names.queue, server);
         Self {
             spans: Arc::new(spans),
             settings,
@@ -181,7 +182,8 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
                 publishing.clone(),
                 settings.names.clone(),
                 connection.configuration().frame_max(),
-            ),
+            )
+            .at(broker_server(&settings.url)),
             retry: settings.retry,
             redelivery_limit: settings.redelivery_limit,
             intake: Arc::clone(&self.intake),
@@ -336,6 +338,12 @@ impl WorkerPool {
         }
         self.tasks.reopen();
     }
+}
+
+/// The broker's host and port, as spans name them (never its credentials).
+fn broker_server(url: &str) -> Option<Server> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
+    Some(Server::new(&uri.authority.host, uri.authority.port))
 }
 
 async fn close(connection: &Connection, channels: &[&Channel]) {

@@ -17,7 +17,7 @@ use super::copy;
 use super::frame::{DoesNotFit, Fitted};
 use super::headers::HeaderExtractor;
 use super::topology::Names;
-use crate::telemetry::messaging::{self, Creation, Destination};
+use crate::telemetry::messaging::{self, Creation, Destination, Server};
 
 pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,6 +54,8 @@ pub struct Republisher {
     frame_max: u32,
     /// Where dead letters go, as their send spans name it.
     dead_letters: Destination,
+    /// The broker, as send spans name it.
+    server: Option<Server>,
 }
 
 impl Republisher {
@@ -64,6 +66,16 @@ impl Republisher {
             names,
             frame_max,
             dead_letters,
+            server: None,
+        }
+    }
+
+    /// The same, with send spans that name the broker `server`.
+    pub fn at(self, server: Option<Server>) -> Self {
+        Self {
+            dead_letters: self.dead_letters.at(server.as_ref()),
+            server,
+            ..self
         }
     }
 
@@ -81,7 +93,8 @@ impl Republisher {
                 .map_err(RepublishError::TooLarge)?;
             self.publish("", &queue, body, copy).await
         };
-        traced(&Destination::send("", &queue), body, properties, published).await
+        let destination = Destination::send("", &queue).at(self.server.as_ref());
+        traced(&destination, body, properties, published).await
     }
 
     /// Moves the message to the dead-letter queue: the same body and
