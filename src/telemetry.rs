@@ -9,8 +9,9 @@
 //! `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_SDK_DISABLED`) is honoured. When no
 //! collector listens, the daemon keeps working and says so once.
 //!
-//! The spans of an order (process, validate, lookup, charge, save) are made
-//! with the OpenTelemetry API directly, not through `tracing`: they are the
+//! The spans of an order (process, validate, the database and HTTP client
+//! spans, and the send spans of its copies; [`messaging`] has the
+//! conventions they follow) are made with the OpenTelemetry API directly, not through `tracing`: they are the
 //! daemon's hot path, and going through the tracing registry and its
 //! OpenTelemetry layer cost about four times as much CPU per span. An
 //! order's OpenTelemetry [`Context`] is current while its future is polled
@@ -302,19 +303,6 @@ pub fn propagator() -> TraceContextPropagator {
 /// The context a carrier (AMQP headers, HTTP headers) propagates.
 pub fn extract(carrier: &dyn Extractor) -> Context {
     propagator().extract(carrier)
-}
-
-/// Writes the context of the current span into a carrier.
-pub fn inject_current(carrier: &mut dyn Injector) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let context = tracing::Span::current().context();
-    propagator().inject_context(&context, carrier);
-}
-
-/// The trace id of a span as 32 lowercase hex digits, if it has one.
-pub fn trace_id(span: &tracing::Span) -> Option<String> {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    context_trace_id(&span.context())
 }
 
 #[cfg(test)]

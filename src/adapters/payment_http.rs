@@ -22,13 +22,12 @@
 
 mod adaptive_rate;
 mod answer;
+mod span;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_semantic_conventions::attribute as semconv;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -115,7 +114,7 @@ impl HttpPaymentProvider {
         let base = Url::parse(base_url).map_err(|_| PaymentClientError::InvalidUrl)?;
         let charges_url = charges_url(&base).ok_or(PaymentClientError::InvalidUrl)?;
         let host = base.host_str().unwrap_or_default();
-        let span_attributes = span_attributes(&charges_url, host);
+        let span_attributes = span::attributes(&charges_url, host);
         // Made once here instead of formatted by the client for every request.
         let host_header = match base.port() {
             Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
@@ -252,10 +251,7 @@ impl HttpPaymentProvider {
             }
         };
         let status = response.status();
-        span.span().set_attribute(KeyValue::new(
-            semconv::HTTP_RESPONSE_STATUS_CODE,
-            i64::from(status.as_u16()),
-        ));
+        span::answered(span, status.as_u16());
         let retry_after = match status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                 answer::retry_after(response.headers(), SystemTime::now())
@@ -292,44 +288,15 @@ impl HttpPaymentProvider {
 
 impl PaymentProvider for HttpPaymentProvider {
     async fn charge(&self, order: &Order) -> Result<ChargeId, PaymentError> {
-        let step = telemetry::Step::start("charge", || {
-            // Room for the status code and the error type set later.
-            let mut attributes = Vec::with_capacity(6);
-            attributes.extend_from_slice(&self.span_attributes);
-            SpanBuilder::from_name("POST")
-                .with_kind(SpanKind::Client)
-                .with_attributes(attributes)
-        });
+        let step = telemetry::Step::start("charge", || span::charge(&self.span_attributes));
         // Current while the request runs, so that the client's own log
         // lines (a refused certificate) carry the charge span.
         let result = step.run(self.post(order, step.context())).await;
         if let Err(error) = &result {
-            let kind = error_type(error);
-            let span = step.context().span();
-            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, kind.clone()));
-            span.set_status(Status::error(kind));
+            span::failed(step.context(), error);
         }
         result
     }
-}
-
-/// The attributes of every charge span (OpenTelemetry HTTP client
-/// conventions): the method, the server, and the URL without user info,
-/// query or fragment, so that no credential can reach a trace.
-fn span_attributes(charges_url: &Url, host: &str) -> [KeyValue; 4] {
-    let mut url = charges_url.clone();
-    // Neither can fail for a URL that has a host.
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url.set_query(None);
-    url.set_fragment(None);
-    let port = charges_url.port_or_known_default().unwrap_or_default();
-    [
-        KeyValue::new(semconv::HTTP_REQUEST_METHOD, "POST"),
-        KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()),
-        KeyValue::new(semconv::SERVER_PORT, i64::from(port)),
-        KeyValue::new(semconv::URL_FULL, String::from(url)),
-    ]
 }
 
 /// Lets the propagator write `traceparent`/`tracestate` into request headers.
@@ -373,30 +340,6 @@ pub fn longest_wait(limits: PaymentLimits, concurrency: usize) -> Duration {
     let line =
         Duration::try_from_secs_f64(concurrency as f64 / limits.min_rate).unwrap_or(Duration::MAX);
     requests.saturating_add(line)
-}
-
-/// The charge span's `error.type`: the answer's status code when one came
-/// (HTTP conventions), else what kept it from coming.
-fn error_type(error: &PaymentError) -> String {
-    let kind = match error {
-        PaymentError::Declined => "402",
-        PaymentError::Rejected { status }
-        | PaymentError::Unavailable {
-            reason: UnavailableReason::Status(status),
-            ..
-        } => return status.to_string(),
-        PaymentError::Unavailable { reason, .. } => match reason {
-            UnavailableReason::Timeout => "timeout",
-            UnavailableReason::Connect => "connect",
-            UnavailableReason::Closed => "connection_closed",
-            UnavailableReason::NotHttp => "invalid_http",
-            UnavailableReason::Status(status) => return status.to_string(),
-            UnavailableReason::InProgress => "409",
-            UnavailableReason::RateLimited => "429",
-            UnavailableReason::InvalidResponse => "invalid_response",
-        },
-    };
-    kind.to_owned()
 }
 
 fn status_class(status: StatusCode) -> &'static str {
