@@ -1,7 +1,8 @@
-//! The dependency rule, checked by the build: `domain` and the use case
-//! name no adapter, no telemetry and no infrastructure crate (see the
-//! layers in the crate's docs). A test reads their sources, so that an
-//! import that breaks the rule fails `cargo test`, not a review.
+//! The dependency rule, checked by the build: `domain` names no other
+//! module of the crate; `domain` and the use case name no adapter, no telemetry and no infrastructure crate, and
+//! telemetry names no other module of the crate (see the layers in the
+//! crate's docs). A test reads their sources, so that an import that
+//! breaks the rule fails `cargo test`, not a review.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,28 @@ fn names_path(line: &str, name: &str) -> bool {
     })
 }
 
+/// The modules of the crate that `source` names (`crate::name`), other
+/// than `own`, with their line numbers.
+fn other_modules<'a>(source: &'a str, own: &str) -> Vec<(usize, &'a str)> {
+    let mut found = Vec::new();
+    for (number, line) in source.lines().enumerate() {
+        if line.trim_start().starts_with("//") {
+            continue;
+        }
+        for (at, _) in line.match_indices("crate::") {
+            let rest = line.get(at.saturating_add("crate::".len())..).unwrap_or("");
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let module = rest.get(..end).unwrap_or("");
+            if module != own {
+                found.push((number.saturating_add(1), module));
+            }
+        }
+    }
+    found
+}
+
 fn rust_files(path: &Path, into: &mut Vec<PathBuf>) {
     if path.is_dir() {
         let entries = std::fs::read_dir(path).map(|dir| dir.flatten().map(|e| e.path()));
@@ -78,8 +101,32 @@ mod tests {
             for (line, name) in violations(&source) {
                 broken.push(format!("{}:{line} names {name}", file.display()));
             }
+            if file.starts_with(src.join("domain")) {
+                for (line, module) in other_modules(&source, "domain") {
+                    broken.push(format!("{}:{line} names crate::{module}", file.display()));
+                }
+            }
         }
         assert!(broken.is_empty(), "{}", broken.join("\n"));
+    }
+
+    #[test]
+    fn telemetry_depends_on_no_other_module_of_the_crate() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.join("telemetry.rs")];
+        rust_files(&src.join("telemetry"), &mut files);
+        let mut broken = Vec::new();
+        for file in &files {
+            let source = std::fs::read_to_string(file).unwrap();
+            for (line, module) in other_modules(&source, "telemetry") {
+                broken.push(format!("{}:{line} names crate::{module}", file.display()));
+            }
+        }
+        assert!(broken.is_empty(), "{}", broken.join("\n"));
+        assert_eq!(
+            other_modules("use crate::config::ConfigError;", "telemetry"),
+            [(1, "config")]
+        );
     }
 
     #[test]
