@@ -79,3 +79,35 @@ fn error_type(error: &PaymentError) -> String {
     };
     kind.to_owned()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_of_a_charge_span_has_no_user_info_query_or_fragment() {
+        let url =
+            Url::parse("https://user:secret@psp.example:8443/api/v1/charges?key=k#f").unwrap();
+        let attributes = attributes(&url, url.host_str().unwrap());
+        let value = |key: &str| {
+            let found = attributes.iter().find(|kv| kv.key.as_str() == key);
+            found.map(|kv| kv.value.to_string())
+        };
+        assert_eq!(
+            value(semconv::URL_FULL).as_deref(),
+            Some("https://psp.example:8443/api/v1/charges")
+        );
+        assert_eq!(
+            value(semconv::SERVER_ADDRESS).as_deref(),
+            Some("psp.example")
+        );
+        assert_eq!(value(semconv::SERVER_PORT).as_deref(), Some("8443"));
+        let default_port = Url::parse("https://psp.example/v1/charges").unwrap();
+        let attributes = super::attributes(&default_port, "psp.example");
+        let port = attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == semconv::SERVER_PORT);
+        assert_eq!(port.map(|kv| kv.value.to_string()).as_deref(), Some("443"));
+    }
+}
