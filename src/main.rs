@@ -12,7 +12,7 @@ use clap::error::ErrorKind;
 use order_processor::app;
 use order_processor::cli::{Cli, Command, DlqCommand};
 use order_processor::config::{ConfigError, Settings};
-use order_processor::telemetry::{self, LogTarget, Telemetry};
+use order_processor::telemetry::{self, LogTarget, Telemetry, TelemetryError};
 use order_processor::{dlq, healthcheck, publish};
 
 /// Every order allocates and frees many small buffers on several threads;
@@ -30,6 +30,15 @@ enum Failure {
 impl From<ConfigError> for Failure {
     fn from(error: ConfigError) -> Self {
         Self::Config(error)
+    }
+}
+
+impl From<TelemetryError> for Failure {
+    fn from(error: TelemetryError) -> Self {
+        Self::Config(ConfigError {
+            key: error.key.to_owned(),
+            problem: error.problem,
+        })
     }
 }
 

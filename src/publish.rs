@@ -137,20 +137,14 @@ impl Publisher<'_> {
 
     async fn publish(&mut self, order_id: Option<String>, body: &[u8]) -> Result<(), PublishError> {
         self.pace().await;
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = %format_args!("publish {}", self.names.exchange),
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "send",
-            messaging.destination.name = %self.names.exchange,
-            messaging.rabbitmq.destination.routing_key = %self.names.routing_key,
-            messaging.message.id = order_id.as_deref().unwrap_or(""),
-        );
         let mut headers = FieldTable::default();
-        let _entered = span.enter();
-        telemetry::inject_current(&mut HeaderInjector(&mut headers));
-        let trace_id = telemetry::trace_id(&span).unwrap_or_default();
+        let send = telemetry::messaging::producer_span(
+            &telemetry::messaging::Destination::send(&self.names.exchange, &self.names.routing_key),
+            order_id.as_deref(),
+            body.len(),
+            telemetry::messaging::Creation::Inject(&mut HeaderInjector(&mut headers)),
+        );
+        let trace_id = send.trace_id().unwrap_or_default();
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -171,7 +165,7 @@ impl Publisher<'_> {
             properties,
         );
         let confirm = answered(publish, PublishError::Publish).await?;
-        drop(_entered);
+        drop(send);
         self.summary.published = self.summary.published.saturating_add(1);
         if self.summary.published.is_multiple_of(PROGRESS_EVERY) {
             // Progress is a courtesy; a closed stderr must not stop publishing.

@@ -4,7 +4,9 @@
 //! only a broker confirmation (stored and routed) lets the caller ack the
 //! original: between the two, the message exists at least once. What the
 //! copy carries, and how it is kept within the connection's frame, is
-//! [`super::copy`]'s business.
+//! [`super::copy`]'s business. Each copy is published under a send span
+//! (a child of the delivery's process span, linked to the message's own
+//! creation context, which the copy keeps).
 
 use std::time::Duration;
 
@@ -13,7 +15,9 @@ use lapin::{BasicProperties, Channel, Confirmation};
 
 use super::copy;
 use super::frame::{DoesNotFit, Fitted};
+use super::headers::HeaderExtractor;
 use super::topology::Names;
+use crate::telemetry::messaging::{self, Creation, Destination, Server};
 
 pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -29,6 +33,18 @@ pub enum RepublishError {
     TooLarge(#[source] DoesNotFit),
 }
 
+impl RepublishError {
+    /// The `error.type` of the copy's send span.
+    fn error_type(&self) -> &'static str {
+        match self {
+            Self::Publish(_) => "publish_failed",
+            Self::NotConfirmed => "not_confirmed",
+            Self::Timeout => "timeout",
+            Self::TooLarge(_) => "frame_too_small",
+        }
+    }
+}
+
 /// The channel retry and dead-letter copies are published on.
 #[derive(Clone)]
 pub struct Republisher {
@@ -36,14 +52,30 @@ pub struct Republisher {
     names: Names,
     /// The connection's negotiated frame size, which every copy fits.
     frame_max: u32,
+    /// Where dead letters go, as their send spans name it.
+    dead_letters: Destination,
+    /// The broker, as send spans name it.
+    server: Option<Server>,
 }
 
 impl Republisher {
     pub fn new(channel: Channel, names: Names, frame_max: u32) -> Self {
+        let dead_letters = Destination::send(&names.dead_letter_exchange(), &names.queue);
         Self {
             channel,
             names,
             frame_max,
+            dead_letters,
+            server: None,
+        }
+    }
+
+    /// The same, with send spans that name the broker `server`.
+    pub fn at(self, server: Option<Server>) -> Self {
+        Self {
+            dead_letters: self.dead_letters.at(server.as_ref()),
+            server,
+            ..self
         }
     }
 
@@ -56,9 +88,13 @@ impl Republisher {
         delay: Duration,
     ) -> Result<(), RepublishError> {
         let queue = self.names.retry_queue(attempt);
-        let copy = copy::retry_copy(properties, &queue, attempt, delay, self.frame_max)
-            .map_err(RepublishError::TooLarge)?;
-        self.publish("", &queue, body, copy).await
+        let published = async {
+            let copy = copy::retry_copy(properties, &queue, attempt, delay, self.frame_max)
+                .map_err(RepublishError::TooLarge)?;
+            self.publish("", &queue, body, copy).await
+        };
+        let destination = Destination::send("", &queue).at(self.server.as_ref());
+        traced(&destination, body, properties, published).await
     }
 
     /// Moves the message to the dead-letter queue: the same body and
@@ -71,10 +107,13 @@ impl Republisher {
         kind: &str,
         reason: &str,
     ) -> Result<(), RepublishError> {
-        let copy = copy::dead_letter_copy(properties, attempt, kind, reason, self.frame_max)
-            .map_err(RepublishError::TooLarge)?;
-        let exchange = self.names.dead_letter_exchange();
-        self.publish(&exchange, &self.names.queue, body, copy).await
+        let published = async {
+            let copy = copy::dead_letter_copy(properties, attempt, kind, reason, self.frame_max)
+                .map_err(RepublishError::TooLarge)?;
+            let exchange = self.names.dead_letter_exchange();
+            self.publish(&exchange, &self.names.queue, body, copy).await
+        };
+        traced(&self.dead_letters, body, properties, published).await
     }
 
     async fn publish(
@@ -114,6 +153,28 @@ impl Republisher {
             Err(_) => Err(RepublishError::Timeout),
         }
     }
+}
+
+/// Publishes a copy under its send span, which records a failure.
+async fn traced(
+    destination: &Destination,
+    body: &[u8],
+    properties: &BasicProperties,
+    published: impl Future<Output = Result<(), RepublishError>>,
+) -> Result<(), RepublishError> {
+    let carrier = HeaderExtractor(properties.headers().as_ref());
+    let message_id = properties.message_id().as_ref().map(|id| id.as_str());
+    let span = messaging::producer_span(
+        destination,
+        message_id,
+        body.len(),
+        Creation::Kept(&carrier),
+    );
+    let result = published.await;
+    if let Err(error) = &result {
+        span.failed(error.error_type());
+    }
+    result
 }
 
 /// One line for an operator: which headers a copy goes without. At most a
