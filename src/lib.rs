@@ -15,20 +15,20 @@
 //!    queues, dead letters confirmed before the original is acked.
 //!
 //! Dependencies point inward: `domain` knows no infrastructure, `usecase`
-//! composes the domain's traits, `adapters` implement them, and [`app`]
-//! wires the concrete types together.
+//! composes the domain's traits, `adapters` implement them, and
+//! [`commands::run`] wires the concrete types together; [`commands`] holds
+//! each of the binary's commands.
 
 pub mod adapters;
-pub mod app;
 pub mod batch;
 pub mod circuit;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod disposition;
 pub mod dlq;
 pub mod domain;
 pub mod health;
-pub mod healthcheck;
 pub mod intake;
 pub mod metrics;
 pub mod publish;

@@ -1,6 +1,6 @@
 //! The Prometheus metrics the daemon exposes on `/metrics`.
 //!
-//! One `Metrics` value is built in `app::run`, shared by reference counting with
+//! One `Metrics` value is built in `commands::run`, shared by reference counting with
 //! whoever records, and encoded by the HTTP server. Label values are
 //! `&'static str` so that recording on the per-message path never allocates.
 
