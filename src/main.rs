@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use clap::error::ErrorKind;
 use order_processor::cli::{Cli, Command, DlqCommand};
+use order_processor::commands::output::{note, say};
 use order_processor::commands::{
-    CommandError, TELEMETRY_FLUSH, amqp_names, check_config, complain, healthcheck, migrate, run,
-    say,
+    CommandError, TELEMETRY_FLUSH, amqp_names, check_config, healthcheck, migrate, run,
 };
 use order_processor::config::Settings;
 use order_processor::telemetry::{LogTarget, Telemetry};
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            complain(format_args!("could not start the runtime: {error}"));
+            note(format_args!("could not start the runtime: {error}"));
             return ExitCode::from(1);
         }
     };
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
 
 /// The error's one line on stderr, and its exit code.
 fn failed(error: &CommandError) -> ExitCode {
-    complain(format_args!("{error}"));
+    note(format_args!("{error}"));
     ExitCode::from(error.exit_code())
 }
 
@@ -70,7 +70,7 @@ fn usage(error: &clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = error.render().to_string();
-            complain(format_args!(
+            note(format_args!(
                 "{}",
                 rendered.lines().next().unwrap_or("invalid usage")
             ));
@@ -103,7 +103,7 @@ async fn dispatch(command: Command, settings: Settings) -> Result<(), CommandErr
             .await;
             telemetry.shutdown(TELEMETRY_FLUSH);
             let summary = result?;
-            complain(format_args!(
+            note(format_args!(
                 "published {} message(s), {} confirmed by the broker",
                 summary.published, summary.confirmed
             ));

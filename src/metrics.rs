@@ -24,7 +24,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// The label's value, the one spelling of each outcome: the metrics
+    /// and the consumer span's `messaging.rabbitmq.outcome` both use it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Acked => "acked",
             Self::Retried => "retried",

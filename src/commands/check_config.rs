@@ -3,7 +3,8 @@
 //! telemetry variables (`RUST_LOG`, `OTEL_*`) are checked too, without
 //! installing anything, so that a bad one exits 2 here rather than at start.
 
-use super::{CommandError, say};
+use super::CommandError;
+use super::output::say;
 use crate::config::Settings;
 use crate::telemetry;
 

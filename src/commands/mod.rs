@@ -3,17 +3,16 @@
 //!
 //! A command takes the loaded [`Settings`] and returns a [`CommandError`]
 //! when it fails; `main` prints that error's one line and exits with
-//! [`CommandError::exit_code`]. What several commands share lives here: the
-//! broker names derived from the settings, and writing a line of output
-//! without panicking on a closed pipe.
+//! [`CommandError::exit_code`]. What several commands share lives here
+//! (the broker names derived from the settings) and in [`output`] (writing
+//! a line without panicking on a closed pipe).
 
 pub mod check_config;
 pub mod healthcheck;
 pub mod migrate;
+pub mod output;
 pub mod run;
 
-use std::fmt::Arguments;
-use std::io::Write as _;
 use std::time::Duration;
 
 use crate::adapters::amqp::Names;
@@ -73,16 +72,4 @@ pub fn amqp_names(settings: &Settings) -> Names {
         routing_key: settings.amqp.routing_key.clone(),
         queue: settings.amqp.queue.clone(),
     }
-}
-
-/// Writes a line of a command's result on stdout. `println!` would panic
-/// once the reader has gone away (`dlq list | head -1`); then no one is left
-/// to tell.
-pub fn say(line: Arguments<'_>) {
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
-}
-
-/// Writes a line on stderr, which may be closed too.
-pub fn complain(line: Arguments<'_>) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
