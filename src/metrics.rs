@@ -24,8 +24,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The label's value, the one spelling of each outcome: the metrics
-    /// and the consumer span's `messaging.rabbitmq.outcome` both use it.
+    /// The label's value, public so that every place naming an outcome
+    /// (the consumer span's `messaging.rabbitmq.outcome` too) spells it
+    /// the same way.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Acked => "acked",
