@@ -17,23 +17,23 @@
 //! Dependencies point inward: `domain` knows no infrastructure, `usecase`
 //! composes the domain's traits and imports nothing else (the adapter that
 //! calls it traces its steps), `adapters` implement them, `telemetry`
-//! depends on no business module, and [`app`] wires the concrete types
-//! together. A test (`architecture`) fails the build when the domain or the
-//! use case names an adapter, telemetry or an infrastructure crate.
+//! depends on no business module, and [`commands::run`] wires the concrete
+//! types together; [`commands`] holds each of the binary's commands. A test
+//! (`architecture`) fails the build when the domain or the use case names an
+//! adapter, telemetry or an infrastructure crate.
 
 pub mod adapters;
-pub mod app;
 #[cfg(test)]
 mod architecture;
 pub mod batch;
 pub mod circuit;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod disposition;
 pub mod dlq;
 pub mod domain;
 pub mod health;
-pub mod healthcheck;
 pub mod intake;
 pub mod metrics;
 pub mod publish;
