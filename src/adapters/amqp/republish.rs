@@ -8,23 +8,17 @@
 
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 
 use super::copy;
 use super::frame::{DoesNotFit, Fitted};
+use super::toolkit::{self, ConfirmError};
 use super::topology::Names;
-
-pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepublishError {
-    #[error("publishing failed: {0}")]
-    Publish(#[source] lapin::Error),
-    #[error("the broker did not confirm the message")]
-    NotConfirmed,
-    #[error("the broker did not confirm the message in time")]
-    Timeout,
+    #[error(transparent)]
+    NotStored(#[from] ConfirmError),
     #[error("the copy cannot fit the broker's frame: {0}")]
     TooLarge(#[source] DoesNotFit),
 }
@@ -85,45 +79,10 @@ impl Republisher {
         copy: Fitted,
     ) -> Result<(), RepublishError> {
         if !copy.dropped.is_empty() {
-            log_dropped(&copy.dropped);
+            copy::log_dropped(&copy.dropped);
         }
-        let properties = copy.properties;
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirmed = async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    options,
-                    body,
-                    properties,
-                )
-                .await
-                .map_err(RepublishError::Publish)?;
-            confirm.await.map_err(RepublishError::Publish)
-        };
-        match tokio::time::timeout(CONFIRM_TIMEOUT, confirmed).await {
-            // Acked and not returned: stored in a queue.
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(_)) => Err(RepublishError::NotConfirmed),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(RepublishError::Timeout),
-        }
+        toolkit::publish_confirmed(&self.channel, exchange, routing_key, body, copy.properties)
+            .await
+            .map_err(RepublishError::NotStored)
     }
-}
-
-/// One line for an operator: which headers a copy goes without. At most a
-/// few names are logged; `x-dropped-headers` on the copy has the rest.
-fn log_dropped(dropped: &[String]) {
-    const LOGGED: usize = 8;
-    let names: Vec<&str> = dropped.iter().take(LOGGED).map(String::as_str).collect();
-    tracing::warn!(
-        dropped = dropped.len(),
-        headers = %names.join(", "),
-        "left the largest headers out of the copy so that it fits the broker's frame"
-    );
 }
