@@ -10,10 +10,11 @@ use std::time::Duration;
 use clap::Parser as _;
 use clap::error::ErrorKind;
 use order_processor::app;
-use order_processor::cli::{Cli, Command, DlqCommand};
+use order_processor::cli::{Cli, Command};
+use order_processor::commands::{dlq, publish};
 use order_processor::config::{ConfigError, Settings};
+use order_processor::healthcheck;
 use order_processor::telemetry::{self, LogTarget, Telemetry};
-use order_processor::{dlq, healthcheck, publish};
 
 /// Every order allocates and frees many small buffers on several threads;
 /// mimalloc's thread-local free lists make that markedly cheaper than the
@@ -131,60 +132,18 @@ async fn execute(cli: Cli, settings: Settings) -> Result<(), Failure> {
         }
         Command::Dlq(command) => {
             let telemetry = Telemetry::init("order-processor", LogTarget::Stderr)?;
-            let result = run_dlq(&settings, command).await;
+            let result = dlq::run(&settings, command).await;
             telemetry.shutdown(Duration::from_secs(5));
-            result
+            result.map_err(|error| Failure::Runtime(error.to_string()))
         }
         Command::Publish(args) => {
             // stdout carries the order and trace ids; logs go to stderr.
             let telemetry = Telemetry::init("order-publisher", LogTarget::Stderr)?;
-            let result = publish::run(
-                settings.amqp.url.expose(),
-                &app::names(&settings),
-                settings.retry.max_attempts,
-                &args,
-            )
-            .await;
+            let result = publish::run(&settings, &args).await;
             telemetry.shutdown(Duration::from_secs(5));
-            let summary = result.map_err(|error| Failure::Runtime(error.to_string()))?;
-            complain(format_args!(
-                "published {} message(s), {} confirmed by the broker",
-                summary.published, summary.confirmed
-            ));
-            Ok(())
+            result
+                .map(|_| ())
+                .map_err(|error| Failure::Runtime(error.to_string()))
         }
     }
-}
-
-async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<(), Failure> {
-    let url = settings.amqp.url.expose();
-    let names = app::names(settings);
-    let attempts = settings.retry.max_attempts;
-    let failed = |error: dlq::DlqError| Failure::Runtime(error.to_string());
-    match command {
-        DlqCommand::List => {
-            let kinds = dlq::list(url, &names, attempts).await.map_err(failed)?;
-            let total: u64 = kinds.values().map(|k| k.count).sum();
-            say(format_args!(
-                "{total} dead letter(s) in {}",
-                names.dead_letter_queue()
-            ));
-            for (kind, summary) in &kinds {
-                say(format_args!("{:>8}  {kind}", summary.count));
-                for (reason, count) in &summary.reasons {
-                    say(format_args!("{:>8}    {reason}", count));
-                }
-            }
-        }
-        DlqCommand::Replay { kind, limit } => {
-            let done = dlq::replay(url, &names, attempts, kind.as_deref(), limit)
-                .await
-                .map_err(failed)?;
-            say(format_args!(
-                "replayed {} dead letter(s) to {}; {} left in place",
-                done.replayed, names.exchange, done.skipped
-            ));
-        }
-    }
-    Ok(())
 }
