@@ -17,6 +17,8 @@ pub const ERROR_REASON: &str = "x-error-reason";
 pub const DROPPED_HEADERS: &str = "x-dropped-headers";
 /// The broker's record of a message's dead-letterings, newest first.
 pub const DEATHS: &str = "x-death";
+/// The quorum queue's count of a message's earlier deliveries.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
@@ -76,7 +78,7 @@ pub fn attempt(properties: &BasicProperties, names: &Names, max_attempts: u32) -
 /// How many times the broker delivered the message before without it being
 /// settled: a quorum queue's `x-delivery-count`, absent on a first delivery.
 pub fn delivery_count(properties: &BasicProperties) -> Option<u64> {
-    count_header(properties, "x-delivery-count")
+    count_header(properties, DELIVERY_COUNT)
 }
 
 /// The queue the broker last dead-lettered the message from.

@@ -6,13 +6,17 @@
 //! queue, and a dead letter in both (written, not yet removed) is a
 //! duplicate that the order id makes harmless on import.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use lapin::types::FieldTable;
+
 use super::letter::{DeadLetter, Filter};
 use super::{Context, DlqError, Reader, jsonl};
+use crate::adapters::amqp::headers::DELIVERY_COUNT;
 use crate::cli::{FilterArgs, RunArgs};
 use crate::commands::output::say;
 use crate::commands::pace::{Pacer, Progress};
@@ -101,7 +105,8 @@ impl Export {
                 continue;
             }
             pacer.wait().await;
-            let line = jsonl::encode(&letter.body, &without_redelivery(&letter))
+            let headers = without_redelivery(&letter);
+            let line = jsonl::encode(&letter.body, &letter.properties, headers.as_ref())
                 .map_err(|error| DlqError::File(error.to_string()))?;
             writeln!(self.file, "{line}").map_err(ExportError::Io)?;
             self.written.push(letter);
@@ -128,22 +133,19 @@ impl Export {
     }
 }
 
-/// The properties without `x-delivery-count`, which the quorum queue adds
-/// when a dead letter is delivered again (after a `list` or an interrupted
-/// run): it describes this queue's deliveries, not the message.
-fn without_redelivery(letter: &DeadLetter) -> lapin::BasicProperties {
-    let properties = letter.properties.clone();
-    let Some(headers) = properties.headers() else {
-        return properties;
-    };
-    if !headers.contains_key("x-delivery-count") {
-        return properties;
-    }
-    let kept: std::collections::BTreeMap<_, _> = headers
+/// The headers without `x-delivery-count`, which the quorum queue adds to
+/// every delivery: it describes this queue's deliveries, not the message.
+/// A table left empty is taken for none, the far more common case (the two
+/// cannot be told apart once the broker has added its count).
+fn without_redelivery(letter: &DeadLetter) -> Option<FieldTable> {
+    let kept: BTreeMap<_, _> = letter
+        .properties
+        .headers()
+        .as_ref()?
         .inner()
         .iter()
-        .filter(|(name, _)| name.as_str() != "x-delivery-count")
+        .filter(|(name, _)| name.as_str() != DELIVERY_COUNT)
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
-    properties.with_headers(kept.into())
+    (!kept.is_empty()).then(|| kept.into())
 }

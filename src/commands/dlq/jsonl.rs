@@ -34,8 +34,13 @@ fn bad(what: impl Into<String>) -> BadLine {
     BadLine(what.into())
 }
 
-/// The line (without its newline) for a message.
-pub fn encode(body: &[u8], properties: &BasicProperties) -> Result<String, BadLine> {
+/// The line (without its newline) for a message with `properties`, but
+/// `headers` in place of their header table.
+pub fn encode(
+    body: &[u8],
+    properties: &BasicProperties,
+    headers: Option<&FieldTable>,
+) -> Result<String, BadLine> {
     let mut line = Map::new();
     match std::str::from_utf8(body) {
         Ok(text) => line.insert("body".into(), Value::from(text)),
@@ -46,7 +51,7 @@ pub fn encode(body: &[u8], properties: &BasicProperties) -> Result<String, BadLi
         fields.retain(|name, value| name != "headers" && !value.is_null());
     }
     line.insert("properties".into(), shown);
-    if let Some(headers) = properties.headers() {
+    if let Some(headers) = headers {
         line.insert("headers".into(), table(headers));
     }
     serde_json::to_string(&line).map_err(|e| bad(e.to_string()))

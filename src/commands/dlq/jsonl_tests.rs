@@ -81,13 +81,18 @@ fn same(a: &BasicProperties, b: &BasicProperties) -> bool {
 #[test]
 fn every_property_and_header_type_comes_back_the_same() {
     let properties = all_properties();
-    let line = encode(b"{\"order_id\":\"x\"}", &properties).unwrap();
+    let line = encode(
+        b"{\"order_id\":\"x\"}",
+        &properties,
+        properties.headers().as_ref(),
+    )
+    .unwrap();
     assert!(!line.contains('\n'));
     let (body, back) = decode(&line).unwrap();
     assert_eq!(body, b"{\"order_id\":\"x\"}");
     assert!(same(&back, &properties), "{back:?}");
     assert_eq!(
-        encode(&body, &back).unwrap(),
+        encode(&body, &back, back.headers().as_ref()).unwrap(),
         line,
         "a second round is identical"
     );
@@ -96,7 +101,7 @@ fn every_property_and_header_type_comes_back_the_same() {
 #[test]
 fn a_body_that_is_not_utf8_goes_in_base64() {
     let body = [0x00, 0xff, 0x80, b'a'];
-    let line = encode(&body, &BasicProperties::default()).unwrap();
+    let line = encode(&body, &BasicProperties::default(), None).unwrap();
     assert!(line.contains("body_base64"), "{line}");
     let (back, properties) = decode(&line).unwrap();
     assert_eq!(back, body);
@@ -106,7 +111,8 @@ fn a_body_that_is_not_utf8_goes_in_base64() {
 #[test]
 fn an_empty_header_table_stays_a_table() {
     let properties = BasicProperties::default().with_headers(FieldTable::default());
-    let (_, back) = decode(&encode(b"", &properties).unwrap()).unwrap();
+    let (_, back) =
+        decode(&encode(b"", &properties, properties.headers().as_ref()).unwrap()).unwrap();
     assert_eq!(back, properties);
 }
 
