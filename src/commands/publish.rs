@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::output::note;
 use super::pace::{Pacer, Progress};
 use crate::adapters::amqp::headers::HeaderInjector;
-use crate::adapters::amqp::toolkit::{self, ConfirmError, Link};
+use crate::adapters::amqp::toolkit::{self, ConfirmError, Destination, Link};
 use crate::adapters::amqp::{AmqpError, Names};
 use crate::app;
 use crate::cli::PublishArgs;
@@ -161,9 +161,11 @@ impl Publisher<'_> {
         if let Some(id) = &order_id {
             properties = properties.with_message_id(id.as_str().into());
         }
-        let exchange = self.names.exchange.as_str();
-        let key = self.names.routing_key.as_str();
-        let confirm = toolkit::send(&self.channel, exchange, key, body, properties)
+        let to = Destination {
+            exchange: &self.names.exchange,
+            routing_key: &self.names.routing_key,
+        };
+        let confirm = toolkit::send(&self.channel, to, body, properties)
             .await
             .map_err(PublishError::Publish)?;
         drop(_entered);

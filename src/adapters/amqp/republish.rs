@@ -12,7 +12,7 @@ use lapin::{BasicProperties, Channel};
 
 use super::copy;
 use super::frame::{DoesNotFit, Fitted};
-use super::toolkit::{self, ConfirmError};
+use super::toolkit::{self, ConfirmError, Destination};
 use super::topology::Names;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,11 @@ impl Republisher {
         if !copy.dropped.is_empty() {
             copy::log_dropped(&copy.dropped);
         }
-        toolkit::publish_confirmed(&self.channel, exchange, routing_key, body, copy.properties)
+        let to = Destination {
+            exchange,
+            routing_key,
+        };
+        toolkit::publish_confirmed(&self.channel, to, body, copy.properties)
             .await
             .map_err(RepublishError::NotStored)
     }

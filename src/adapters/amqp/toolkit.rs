@@ -90,17 +90,23 @@ pub async fn close_quietly(connection: &Connection, channels: &[&Channel]) {
     }
 }
 
+/// Where a message goes: an exchange and the routing key it is sent with.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+}
+
 /// Sends one message with `mandatory` (an unroutable one comes back rather
 /// than vanishing) and returns its pending confirm, so that a caller may
 /// keep a window of them in flight and judge each with [`confirmed`].
 pub async fn send(
     channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
+    to: Destination<'_>,
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<PublisherConfirm, ConfirmError> {
-    let sent = publish(channel, exchange, routing_key, body, properties);
+    let sent = publish(channel, to, body, properties);
     match tokio::time::timeout(CONFIRM_TIMEOUT, sent).await {
         Ok(sent) => sent,
         Err(_) => Err(ConfirmError::Timeout),
@@ -121,13 +127,12 @@ pub async fn confirmed(confirm: PublisherConfirm) -> Result<(), ConfirmError> {
 /// the original it copies.
 pub async fn publish_confirmed(
     channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
+    to: Destination<'_>,
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), ConfirmError> {
     let stored = async {
-        let confirm = publish(channel, exchange, routing_key, body, properties).await?;
+        let confirm = publish(channel, to, body, properties).await?;
         judge(confirm.await)
     };
     match tokio::time::timeout(CONFIRM_TIMEOUT, stored).await {
@@ -138,8 +143,7 @@ pub async fn publish_confirmed(
 
 async fn publish(
     channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
+    to: Destination<'_>,
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<PublisherConfirm, ConfirmError> {
@@ -149,8 +153,8 @@ async fn publish(
     };
     channel
         .basic_publish(
-            exchange.into(),
-            routing_key.into(),
+            to.exchange.into(),
+            to.routing_key.into(),
             options,
             body,
             properties,

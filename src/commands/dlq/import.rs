@@ -15,7 +15,7 @@ use tokio::io::AsyncBufReadExt as _;
 
 use super::{Context, DlqError, jsonl};
 use crate::adapters::amqp::copy;
-use crate::adapters::amqp::toolkit::{self, Link};
+use crate::adapters::amqp::toolkit::{self, Destination, Link};
 use crate::commands::output::{note, say};
 use crate::commands::pace::{Pacer, Progress};
 
@@ -57,8 +57,10 @@ pub async fn run(
             let exchange = names.dead_letter_exchange();
             let stored = toolkit::publish_confirmed(
                 &link.channel,
-                &exchange,
-                &names.queue,
+                Destination {
+                    exchange: &exchange,
+                    routing_key: &names.queue,
+                },
                 &body,
                 copy.properties,
             );

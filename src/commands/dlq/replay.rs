@@ -10,8 +10,9 @@ use lapin::BasicProperties;
 use super::letter::Filter;
 use super::{Context, DlqError, Reader};
 use crate::adapters::amqp::copy;
+use crate::adapters::amqp::frame::BROKER_HISTORY;
 use crate::adapters::amqp::headers::{self, ATTEMPTS, ERROR_KIND, ERROR_REASON};
-use crate::adapters::amqp::toolkit;
+use crate::adapters::amqp::toolkit::{self, Destination};
 use crate::cli::{FilterArgs, RunArgs};
 use crate::commands::output::{note, say};
 use crate::commands::pace::{Pacer, Progress};
@@ -71,8 +72,10 @@ async fn replay(
         let channel = &reader.link().channel;
         let stored = toolkit::publish_confirmed(
             channel,
-            &names.exchange,
-            &names.routing_key,
+            Destination {
+                exchange: &names.exchange,
+                routing_key: &names.routing_key,
+            },
             &letter.body,
             copy.properties,
         );
@@ -84,20 +87,9 @@ async fn replay(
     Ok(())
 }
 
-/// Headers that describe a past failure; a replayed message starts over
-/// without them (the broker's `x-death` bookkeeping included).
-const FAILURE_HEADERS: [&str; 10] = [
-    ERROR_KIND,
-    ERROR_REASON,
-    ATTEMPTS,
-    headers::DEATHS,
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-];
+/// The daemon's headers that describe a past failure; a replayed message
+/// starts over without them and without the broker's history.
+const FAILURE_HEADERS: [&str; 3] = [ERROR_KIND, ERROR_REASON, ATTEMPTS];
 
 /// The original properties without the failure headers (and without an
 /// expiration, long past by now), so the replayed message starts again at
@@ -110,7 +102,10 @@ fn fresh_attempts(properties: &BasicProperties) -> BasicProperties {
             headers
                 .inner()
                 .iter()
-                .filter(|(name, _)| !FAILURE_HEADERS.contains(&name.as_str()))
+                .filter(|(name, _)| {
+                    let name = name.as_str();
+                    !FAILURE_HEADERS.contains(&name) && !BROKER_HISTORY.contains(&name)
+                })
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect()
         })

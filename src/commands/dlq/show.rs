@@ -4,6 +4,7 @@
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
+use time::format_description::well_known::Rfc3339;
 
 use super::letter::{DeadLetter, Filter};
 use super::{Context, DlqError, Reader};
@@ -54,7 +55,13 @@ fn print(letter: &DeadLetter) {
     let attempts = letter.attempts().map(|n| n.to_string());
     say(format_args!("attempts:  {}", or_dash(attempts.as_deref())));
     say(format_args!("trace_id:  {}", or_dash(letter.trace_id())));
-    let time = letter.time().map(|t| t.to_string());
+    let time = letter.time().map(|seconds| {
+        let rfc3339 = i64::try_from(seconds)
+            .ok()
+            .and_then(|seconds| time::OffsetDateTime::from_unix_timestamp(seconds).ok())
+            .and_then(|time| time.format(&Rfc3339).ok());
+        rfc3339.unwrap_or_else(|| seconds.to_string())
+    });
     say(format_args!("time:      {}", or_dash(time.as_deref())));
     say(format_args!("properties:"));
     for (name, value) in properties(&letter.properties) {
