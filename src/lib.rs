@@ -15,11 +15,16 @@
 //!    queues, dead letters confirmed before the original is acked.
 //!
 //! Dependencies point inward: `domain` knows no infrastructure, `usecase`
-//! composes the domain's traits, `adapters` implement them, and [`app`]
-//! wires the concrete types together.
+//! composes the domain's traits and imports nothing else (the adapter that
+//! calls it traces its steps), `adapters` implement them, `telemetry`
+//! depends on no business module, and [`app`] wires the concrete types
+//! together. A test (`architecture`) fails the build when the domain or the
+//! use case names an adapter, telemetry or an infrastructure crate.
 
 pub mod adapters;
 pub mod app;
+#[cfg(test)]
+mod architecture;
 pub mod batch;
 pub mod circuit;
 pub mod cli;

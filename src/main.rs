@@ -14,7 +14,7 @@ use order_processor::cli::{Cli, Command};
 use order_processor::commands::{dlq, publish};
 use order_processor::config::{ConfigError, Settings};
 use order_processor::healthcheck;
-use order_processor::telemetry::{self, LogTarget, Telemetry};
+use order_processor::telemetry::{self, LogTarget, Telemetry, TelemetryError};
 
 /// Every order allocates and frees many small buffers on several threads;
 /// mimalloc's thread-local free lists make that markedly cheaper than the
@@ -31,6 +31,15 @@ enum Failure {
 impl From<ConfigError> for Failure {
     fn from(error: ConfigError) -> Self {
         Self::Config(error)
+    }
+}
+
+impl From<TelemetryError> for Failure {
+    fn from(error: TelemetryError) -> Self {
+        Self::Config(ConfigError {
+            key: error.key.to_owned(),
+            problem: error.problem,
+        })
     }
 }
 

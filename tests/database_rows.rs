@@ -354,3 +354,80 @@ async fn a_charge_id_with_a_nul_fails_only_its_order_and_the_other_49_are_saved_
 async fn a_row_that_breaks_a_constraint_fails_only_its_order_and_the_other_49_are_saved_at_once() {
     one_refused_order_among_fifty(REFUSED_CHARGE_ID, Some(REFUSE_CHARGE_ID), "23514").await;
 }
+
+/// The scans of `orders` PostgreSQL has counted so far: (sequential, index).
+async fn scans_of_orders(env: &TestEnv) -> (i64, i64) {
+    // A new connection, so that no cached statistics snapshot is read.
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&env.database_url())
+        .await
+        .unwrap();
+    let scans = sqlx::query_as::<_, (i64, i64)>(
+        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'orders'",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    sqlx::Connection::close(connection).await.unwrap();
+    scans
+}
+
+#[tokio::test]
+async fn lookups_use_the_primary_key_even_where_a_sequential_scan_looks_cheaper() {
+    let env = TestEnv::new().await;
+    let tracker = TaskTracker::new();
+    let url = env.database_url();
+    let pool = postgres::pool(&url, 4).unwrap();
+    postgres::migrate(&url, &pool).await.unwrap();
+    let orders = PostgresOrders::new(pool.clone(), &tracker, 1000, Arc::new(Metrics::new()));
+    // A table of one page, its statistics fresh: the planner's own choice
+    // for a lookup of many ids would be to read all of it.
+    let stored: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, currency, total_minor, charge_id) \
+         SELECT id, 'cus_42', 'EUR', 100, 'ch_ok' FROM UNNEST($1::uuid[]) AS id",
+    )
+    .bind(&stored)
+    .execute(&env.db)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE orders")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    // ANALYZE reads the table, and counts as a sequential scan: once it is
+    // counted, the scans from here on are the lookups'.
+    env.eventually(WAIT, "the ANALYZE is counted", || async {
+        scans_of_orders(&env).await.0 > 0
+    })
+    .await;
+    let before = scans_of_orders(&env).await;
+
+    let mut ids: Vec<OrderId> = stored[..50]
+        .iter()
+        .copied()
+        .map(OrderId::from_uuid)
+        .collect();
+    ids.extend((0..150).map(|_| OrderId::from_uuid(Uuid::new_v4())));
+    let answers = join_all(ids.iter().map(|id| orders.is_processed(*id))).await;
+    // The daemon's connections report their statistics as they close.
+    drop(orders);
+    tracker.close();
+    tracker.wait().await;
+    pool.close().await;
+
+    let found = answers
+        .iter()
+        .filter(|answer| *answer.as_ref().unwrap())
+        .count();
+    assert_eq!(found, 50, "every stored order was found, and only those");
+    env.eventually(WAIT, "the lookups' scans are counted", || async {
+        let (sequential, index) = scans_of_orders(&env).await;
+        sequential + index > before.0 + before.1
+    })
+    .await;
+    let after = scans_of_orders(&env).await;
+    assert_eq!(
+        after.0, before.0,
+        "no sequential scan of orders: {before:?} → {after:?}"
+    );
+}

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::output::note;
 use super::pace::{Pacer, Progress};
 use crate::adapters::amqp::headers::HeaderInjector;
-use crate::adapters::amqp::toolkit::{self, ConfirmError, Destination, Link};
+use crate::adapters::amqp::toolkit::{self, ConfirmError, Link, Route};
 use crate::adapters::amqp::{AmqpError, Names};
 use crate::app;
 use crate::cli::PublishArgs;
@@ -139,20 +139,14 @@ impl Publisher<'_> {
 
     async fn publish(&mut self, order_id: Option<String>, body: &[u8]) -> Result<(), PublishError> {
         self.pacer.wait().await;
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = %format_args!("publish {}", self.names.exchange),
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "send",
-            messaging.destination.name = %self.names.exchange,
-            messaging.rabbitmq.destination.routing_key = %self.names.routing_key,
-            messaging.message.id = order_id.as_deref().unwrap_or(""),
-        );
         let mut headers = FieldTable::default();
-        let _entered = span.enter();
-        telemetry::inject_current(&mut HeaderInjector(&mut headers));
-        let trace_id = telemetry::trace_id(&span).unwrap_or_default();
+        let send = telemetry::messaging::producer_span(
+            &telemetry::messaging::Destination::send(&self.names.exchange, &self.names.routing_key),
+            order_id.as_deref(),
+            body.len(),
+            telemetry::messaging::Creation::Inject(&mut HeaderInjector(&mut headers)),
+        );
+        let trace_id = send.trace_id().unwrap_or_default();
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -161,14 +155,14 @@ impl Publisher<'_> {
         if let Some(id) = &order_id {
             properties = properties.with_message_id(id.as_str().into());
         }
-        let to = Destination {
+        let to = Route {
             exchange: &self.names.exchange,
             routing_key: &self.names.routing_key,
         };
         let confirm = toolkit::send(&self.channel, to, body, properties)
             .await
             .map_err(PublishError::Publish)?;
-        drop(_entered);
+        drop(send);
         self.summary.published = self.summary.published.saturating_add(1);
         self.progress.add();
         if !self.quiet {

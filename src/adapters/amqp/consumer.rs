@@ -13,7 +13,6 @@
 
 mod delivery;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,6 @@ use futures_util::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use opentelemetry::StringValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +36,7 @@ use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::retry::{self, RetryPolicy};
 use crate::telemetry::OrderTracer;
+use crate::telemetry::messaging::{ProcessSpans, Server};
 use crate::usecase::ProcessOrder;
 
 /// Everything the consumer needs to know, taken from the settings.
@@ -59,6 +58,8 @@ pub struct AmqpConsumer<P, R> {
     settings: ConsumerSettings,
     usecase: Arc<ProcessOrder<P, R>>,
     tracer: OrderTracer,
+    /// What every process span shares, made once for the daemon's life.
+    spans: Arc<ProcessSpans>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// Paused while a dependency is down; outlives the broker sessions.
@@ -69,9 +70,7 @@ pub struct AmqpConsumer<P, R> {
 struct Session<P, R> {
     usecase: Arc<ProcessOrder<P, R>>,
     tracer: OrderTracer,
-    /// `process <queue>`, the name of every consumer span.
-    span_name: Cow<'static, str>,
-    queue: StringValue,
+    spans: Arc<ProcessSpans>,
     /// The topology's names, to tell a retry from a fresh message.
     names: Names,
     metrics: Arc<Metrics>,
@@ -97,7 +96,11 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         health: Arc<Health>,
         intake: Arc<Intake>,
     ) -> Self {
+        let names = &settings.names;
+        let server = broker_server(&settings.url);
+        let spans = ProcessSpans::new(&names.exchange, &names.routing_key, &names.queue, server);
         Self {
+            spans: Arc::new(spans),
             settings,
             usecase,
             tracer,
@@ -173,8 +176,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         let session = Arc::new(Session {
             usecase: Arc::clone(&self.usecase),
             tracer: self.tracer.clone(),
-            span_name: Cow::Owned(format!("process {}", settings.names.queue)),
-            queue: StringValue::from(Arc::<str>::from(settings.names.queue.as_str())),
+            spans: Arc::clone(&self.spans),
             names: settings.names.clone(),
             metrics: Arc::clone(&self.metrics),
             settler,
@@ -182,7 +184,8 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
                 publishing.clone(),
                 settings.names.clone(),
                 link.frame_max(),
-            ),
+            )
+            .at(broker_server(&settings.url)),
             retry: settings.retry,
             redelivery_limit: settings.redelivery_limit,
             intake: Arc::clone(&self.intake),
@@ -337,4 +340,10 @@ impl WorkerPool {
         }
         self.tasks.reopen();
     }
+}
+
+/// The broker's host and port, as spans name them (never its credentials).
+fn broker_server(url: &str) -> Option<Server> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
+    Some(Server::new(&uri.authority.host, uri.authority.port))
 }

@@ -11,8 +11,10 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 
+use super::headers::HeaderExtractor;
 use super::topology::{self, Names};
 use super::{AmqpError, answered, connect};
+use crate::telemetry::messaging::{self, Creation, Destination, SendSpan};
 
 /// How long the broker may take to confirm one published message. A broker
 /// that blocks publishers (a memory or disk alarm) is reported instead of
@@ -92,7 +94,7 @@ pub async fn close_quietly(connection: &Connection, channels: &[&Channel]) {
 
 /// Where a message goes: an exchange and the routing key it is sent with.
 #[derive(Debug, Clone, Copy)]
-pub struct Destination<'a> {
+pub struct Route<'a> {
     pub exchange: &'a str,
     pub routing_key: &'a str,
 }
@@ -102,7 +104,7 @@ pub struct Destination<'a> {
 /// keep a window of them in flight and judge each with [`confirmed`].
 pub async fn send(
     channel: &Channel,
-    to: Destination<'_>,
+    to: Route<'_>,
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<PublisherConfirm, ConfirmError> {
@@ -127,7 +129,7 @@ pub async fn confirmed(confirm: PublisherConfirm) -> Result<(), ConfirmError> {
 /// the original it copies.
 pub async fn publish_confirmed(
     channel: &Channel,
-    to: Destination<'_>,
+    to: Route<'_>,
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), ConfirmError> {
@@ -143,7 +145,7 @@ pub async fn publish_confirmed(
 
 async fn publish(
     channel: &Channel,
-    to: Destination<'_>,
+    to: Route<'_>,
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<PublisherConfirm, ConfirmError> {
@@ -170,4 +172,17 @@ fn judge(answer: lapin::Result<Confirmation>) -> Result<(), ConfirmError> {
         Ok(_) => Err(ConfirmError::Nacked),
         Err(error) => Err(ConfirmError::Publish(error)),
     }
+}
+
+/// The send span of a copy of a message (a retry, a dead letter, a
+/// replay): it links to the creation context the copy's headers keep.
+pub fn copy_span(destination: &Destination, body: &[u8], properties: &BasicProperties) -> SendSpan {
+    let carrier = HeaderExtractor(properties.headers().as_ref());
+    let message_id = properties.message_id().as_ref().map(|id| id.as_str());
+    messaging::producer_span(
+        destination,
+        message_id,
+        body.len(),
+        Creation::Kept(&carrier),
+    )
 }

@@ -15,7 +15,7 @@ use tokio::io::AsyncBufReadExt as _;
 
 use super::{Context, DlqError, jsonl};
 use crate::adapters::amqp::copy;
-use crate::adapters::amqp::toolkit::{self, Destination, Link};
+use crate::adapters::amqp::toolkit::{self, Link, Route};
 use crate::commands::output::{note, say};
 use crate::commands::pace::{Pacer, Progress};
 
@@ -57,7 +57,7 @@ pub async fn run(
             let exchange = names.dead_letter_exchange();
             let stored = toolkit::publish_confirmed(
                 &link.channel,
-                Destination {
+                Route {
                     exchange: &exchange,
                     routing_key: &names.queue,
                 },

@@ -12,10 +12,11 @@ use super::{Context, DlqError, Reader};
 use crate::adapters::amqp::copy;
 use crate::adapters::amqp::frame::BROKER_HISTORY;
 use crate::adapters::amqp::headers::{self, ATTEMPTS, ERROR_KIND, ERROR_REASON};
-use crate::adapters::amqp::toolkit::{self, Destination};
+use crate::adapters::amqp::toolkit::{self, Route};
 use crate::cli::{FilterArgs, RunArgs};
 use crate::commands::output::{note, say};
 use crate::commands::pace::{Pacer, Progress};
+use crate::telemetry::messaging::Destination;
 
 /// What a run did.
 #[derive(Debug, Default)]
@@ -48,6 +49,7 @@ async fn replay(
     let frame_max = reader.link().frame_max();
     let mut pacer = Pacer::new(run.rate);
     let mut progress = Progress::new("replayed");
+    let destination = Destination::send(&names.exchange, &names.routing_key);
     while run.limit.is_none_or(|limit| done.replayed < limit) {
         let Some(letter) = reader.next().await? else {
             break;
@@ -69,17 +71,19 @@ async fn replay(
             copy::log_dropped(&copy.dropped);
         }
         pacer.wait().await;
+        let properties = copy.properties;
+        let span = toolkit::copy_span(&destination, &letter.body, &properties);
+        let to = Route {
+            exchange: &names.exchange,
+            routing_key: &names.routing_key,
+        };
         let channel = &reader.link().channel;
-        let stored = toolkit::publish_confirmed(
-            channel,
-            Destination {
-                exchange: &names.exchange,
-                routing_key: &names.routing_key,
-            },
-            &letter.body,
-            copy.properties,
-        );
-        stored.await.map_err(DlqError::NotStored)?;
+        let stored = toolkit::publish_confirmed(channel, to, &letter.body, properties).await;
+        if stored.is_err() {
+            span.failed("not_confirmed");
+        }
+        drop(span);
+        stored.map_err(DlqError::NotStored)?;
         reader.remove(&letter).await?;
         done.replayed = done.replayed.saturating_add(1);
         progress.add();
