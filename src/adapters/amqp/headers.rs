@@ -196,6 +196,26 @@ pub fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
+/// Every property but the expiration set, with `headers`: for the tests of
+/// code that must keep them all.
+#[cfg(test)]
+pub(crate) fn every_property(headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("identity".into())
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_priority(3)
+        .with_correlation_id("corr".into())
+        .with_reply_to("replies".into())
+        .with_message_id("m-1".into())
+        .with_timestamp(1_700_000_000)
+        .with_type("order".into())
+        .with_user_id("guest".into())
+        .with_app_id("shop".into())
+        .with_cluster_id("c".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,20 +224,7 @@ mod tests {
     fn only_the_expiration_is_left_out() {
         let mut headers = FieldTable::default();
         headers.insert("traceparent".into(), text("00-ab-cd-01"));
-        let all = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_content_encoding("identity".into())
-            .with_headers(headers)
-            .with_delivery_mode(2)
-            .with_priority(3)
-            .with_correlation_id("corr".into())
-            .with_reply_to("replies".into())
-            .with_message_id("m-1".into())
-            .with_timestamp(1_700_000_000)
-            .with_type("order".into())
-            .with_user_id("guest".into())
-            .with_app_id("shop".into())
-            .with_cluster_id("c".into());
+        let all = every_property(headers);
         let copy = without_expiration(&all.clone().with_expiration("60000".into()));
         assert_eq!(copy, all);
     }

@@ -6,6 +6,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, DecimalValue, FieldTable};
 
 use super::{decode, encode};
+use crate::adapters::amqp::headers::every_property;
 
 fn every_header() -> FieldTable {
     let mut inner = FieldTable::default();
@@ -54,21 +55,7 @@ fn every_header() -> FieldTable {
 }
 
 fn all_properties() -> BasicProperties {
-    BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_content_encoding("identity".into())
-        .with_headers(every_header())
-        .with_delivery_mode(2)
-        .with_priority(3)
-        .with_correlation_id("corr".into())
-        .with_reply_to("replies".into())
-        .with_expiration("60000".into())
-        .with_message_id("m-1".into())
-        .with_timestamp(1_700_000_000)
-        .with_type("order".into())
-        .with_user_id("guest".into())
-        .with_app_id("shop".into())
-        .with_cluster_id("c".into())
+    every_property(every_header()).with_expiration("60000".into())
 }
 
 /// Equal, NaN included: compares the wire form.
