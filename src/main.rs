@@ -9,14 +9,13 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use clap::error::ErrorKind;
-use order_processor::cli::{Cli, Command, DlqCommand};
-use order_processor::commands::output::{note, say};
+use order_processor::cli::{Cli, Command};
+use order_processor::commands::output::note;
 use order_processor::commands::{
-    CommandError, TELEMETRY_FLUSH, amqp_names, check_config, healthcheck, migrate, run,
+    CommandError, TELEMETRY_FLUSH, check_config, dlq, healthcheck, migrate, publish, run,
 };
 use order_processor::config::Settings;
 use order_processor::telemetry::{LogTarget, Telemetry};
-use order_processor::{dlq, publish};
 
 /// Every order allocates and frees many small buffers on several threads;
 /// mimalloc's thread-local free lists make that markedly cheaper than the
@@ -87,57 +86,17 @@ async fn dispatch(command: Command, settings: Settings) -> Result<(), CommandErr
         Command::Healthcheck => healthcheck::run(&settings).await,
         Command::Dlq(command) => {
             let telemetry = Telemetry::init("order-processor", LogTarget::Stderr)?;
-            let result = run_dlq(&settings, command).await;
+            let result = dlq::run(&settings, command).await;
             telemetry.shutdown(TELEMETRY_FLUSH);
-            result
+            Ok(result?)
         }
         Command::Publish(args) => {
             // stdout carries the order and trace ids; logs go to stderr.
             let telemetry = Telemetry::init("order-publisher", LogTarget::Stderr)?;
-            let result = publish::run(
-                settings.amqp.url.expose(),
-                &amqp_names(&settings),
-                settings.retry.max_attempts,
-                &args,
-            )
-            .await;
+            let result = publish::run(&settings, &args).await;
             telemetry.shutdown(TELEMETRY_FLUSH);
-            let summary = result?;
-            note(format_args!(
-                "published {} message(s), {} confirmed by the broker",
-                summary.published, summary.confirmed
-            ));
+            result?;
             Ok(())
         }
     }
-}
-
-async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<(), CommandError> {
-    let url = settings.amqp.url.expose();
-    let names = amqp_names(settings);
-    let attempts = settings.retry.max_attempts;
-    match command {
-        DlqCommand::List => {
-            let kinds = dlq::list(url, &names, attempts).await?;
-            let total: u64 = kinds.values().map(|k| k.count).sum();
-            say(format_args!(
-                "{total} dead letter(s) in {}",
-                names.dead_letter_queue()
-            ));
-            for (kind, summary) in &kinds {
-                say(format_args!("{:>8}  {kind}", summary.count));
-                for (reason, count) in &summary.reasons {
-                    say(format_args!("{:>8}    {reason}", count));
-                }
-            }
-        }
-        DlqCommand::Replay { kind, limit } => {
-            let done = dlq::replay(url, &names, attempts, kind.as_deref(), limit).await?;
-            say(format_args!(
-                "replayed {} dead letter(s) to {}; {} left in place",
-                done.replayed, names.exchange, done.skipped
-            ));
-        }
-    }
-    Ok(())
 }

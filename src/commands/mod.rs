@@ -1,5 +1,6 @@
-//! The binary's commands, one module each, each writing its own output:
-//! `run` (the daemon), `migrate`, `check-config` and `healthcheck`.
+//! The binary's commands, one module each, each writing its own output
+//! (stdout the result, stderr progress and logs): `run` (the daemon),
+//! `migrate`, `check-config`, `healthcheck`, `publish` and `dlq`.
 //!
 //! A command takes the loaded [`Settings`] and returns a [`CommandError`]
 //! when it fails; `main` prints that error's one line and exits with
@@ -8,9 +9,12 @@
 //! a line without panicking on a closed pipe).
 
 pub mod check_config;
+pub mod dlq;
 pub mod healthcheck;
 pub mod migrate;
 pub mod output;
+mod pace;
+pub mod publish;
 pub mod run;
 
 use std::time::Duration;
@@ -46,9 +50,9 @@ pub enum CommandError {
     #[error(transparent)]
     Healthcheck(#[from] HealthcheckError),
     #[error(transparent)]
-    Dlq(#[from] crate::dlq::DlqError),
+    Dlq(#[from] dlq::DlqError),
     #[error(transparent)]
-    Publish(#[from] crate::publish::PublishError),
+    Publish(#[from] publish::PublishError),
 }
 
 impl CommandError {

@@ -18,11 +18,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,8 +27,9 @@ use tokio_util::task::TaskTracker;
 use self::delivery::handle;
 use super::republish::Republisher;
 use super::settler::Settler;
-use super::topology::{self, Names};
-use super::{AmqpError, answered, connect};
+use super::toolkit::Link;
+use super::topology::Names;
+use super::{AmqpError, answered};
 use crate::domain::{OrderRepository, PaymentProvider};
 use crate::health::Health;
 use crate::intake::Intake;
@@ -148,16 +146,20 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         let settings = &self.settings;
         // The pid in the name lets an operator find this replica's connection.
         let name = format!("order-processor pid {}", std::process::id());
-        let connection = connect(&settings.url, &name).await?;
+        // The link's channel, in confirm mode, carries retries and dead letters.
+        let link = Link::open(
+            &settings.url,
+            &name,
+            &settings.names,
+            settings.retry.max_attempts,
+        )
+        .await?;
+        let connection = &link.connection;
+        let publishing = link.channel.clone();
         let consuming = answered(connection.create_channel(), AmqpError::Channel).await?;
-        let publishing = answered(connection.create_channel(), AmqpError::Channel).await?;
-        let declared = topology::declare(&consuming, &settings.names, settings.retry.max_attempts);
-        answered(declared, AmqpError::Topology).await?;
         super::broker_check::spawn(settings, &pool.tasks, stop);
         let qos = consuming.basic_qos(settings.prefetch, BasicQosOptions::default());
         answered(qos, AmqpError::Channel).await?;
-        let confirms = publishing.confirm_select(ConfirmSelectOptions::default());
-        answered(confirms, AmqpError::Channel).await?;
 
         let ack_failed = CancellationToken::new();
         // The settler is tracked with the order tasks: it ends after the last
@@ -181,7 +183,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             republisher: Republisher::new(
                 publishing.clone(),
                 settings.names.clone(),
-                connection.configuration().frame_max(),
+                link.frame_max(),
             )
             .at(broker_server(&settings.url)),
             retry: settings.retry,
@@ -219,7 +221,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             tracing::warn!(%error, "could not cancel the consumer");
         }
         pool.drain(settings.grace).await;
-        close(&connection, &[&publishing, &consuming]).await;
+        link.close(&[&consuming]).await;
         Ok(())
     }
 
@@ -344,17 +346,4 @@ impl WorkerPool {
 fn broker_server(url: &str) -> Option<Server> {
     let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
     Some(Server::new(&uri.authority.host, uri.authority.port))
-}
-
-async fn close(connection: &Connection, channels: &[&Channel]) {
-    for channel in channels {
-        let closed = answered(channel.close(200, "stopping".into()), AmqpError::Channel);
-        if let Err(error) = closed.await {
-            tracing::debug!(%error, "channel already closed");
-        }
-    }
-    let closed = answered(connection.close(200, "stopping".into()), AmqpError::Channel);
-    if let Err(error) = closed.await {
-        tracing::debug!(%error, "connection already closed");
-    }
 }

@@ -10,25 +10,18 @@
 
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 
 use super::copy;
 use super::frame::{DoesNotFit, Fitted};
-use super::headers::HeaderExtractor;
+use super::toolkit::{self, ConfirmError, Route};
 use super::topology::Names;
-use crate::telemetry::messaging::{self, Creation, Destination, Server};
-
-pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::telemetry::messaging::{Destination, Server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepublishError {
-    #[error("publishing failed: {0}")]
-    Publish(#[source] lapin::Error),
-    #[error("the broker did not confirm the message")]
-    NotConfirmed,
-    #[error("the broker did not confirm the message in time")]
-    Timeout,
+    #[error(transparent)]
+    NotStored(#[from] ConfirmError),
     #[error("the copy cannot fit the broker's frame: {0}")]
     TooLarge(#[source] DoesNotFit),
 }
@@ -37,9 +30,9 @@ impl RepublishError {
     /// The `error.type` of the copy's send span.
     fn error_type(&self) -> &'static str {
         match self {
-            Self::Publish(_) => "publish_failed",
-            Self::NotConfirmed => "not_confirmed",
-            Self::Timeout => "timeout",
+            Self::NotStored(ConfirmError::Publish(_)) => "publish_failed",
+            Self::NotStored(ConfirmError::Nacked | ConfirmError::Returned) => "not_confirmed",
+            Self::NotStored(ConfirmError::Timeout) => "timeout",
             Self::TooLarge(_) => "frame_too_small",
         }
     }
@@ -124,34 +117,15 @@ impl Republisher {
         copy: Fitted,
     ) -> Result<(), RepublishError> {
         if !copy.dropped.is_empty() {
-            log_dropped(&copy.dropped);
+            copy::log_dropped(&copy.dropped);
         }
-        let properties = copy.properties;
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
+        let to = Route {
+            exchange,
+            routing_key,
         };
-        let confirmed = async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    options,
-                    body,
-                    properties,
-                )
-                .await
-                .map_err(RepublishError::Publish)?;
-            confirm.await.map_err(RepublishError::Publish)
-        };
-        match tokio::time::timeout(CONFIRM_TIMEOUT, confirmed).await {
-            // Acked and not returned: stored in a queue.
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(_)) => Err(RepublishError::NotConfirmed),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(RepublishError::Timeout),
-        }
+        toolkit::publish_confirmed(&self.channel, to, body, copy.properties)
+            .await
+            .map_err(RepublishError::NotStored)
     }
 }
 
@@ -162,29 +136,10 @@ async fn traced(
     properties: &BasicProperties,
     published: impl Future<Output = Result<(), RepublishError>>,
 ) -> Result<(), RepublishError> {
-    let carrier = HeaderExtractor(properties.headers().as_ref());
-    let message_id = properties.message_id().as_ref().map(|id| id.as_str());
-    let span = messaging::producer_span(
-        destination,
-        message_id,
-        body.len(),
-        Creation::Kept(&carrier),
-    );
+    let span = toolkit::copy_span(destination, body, properties);
     let result = published.await;
     if let Err(error) = &result {
         span.failed(error.error_type());
     }
     result
-}
-
-/// One line for an operator: which headers a copy goes without. At most a
-/// few names are logged; `x-dropped-headers` on the copy has the rest.
-fn log_dropped(dropped: &[String]) {
-    const LOGGED: usize = 8;
-    let names: Vec<&str> = dropped.iter().take(LOGGED).map(String::as_str).collect();
-    tracing::warn!(
-        dropped = dropped.len(),
-        headers = %names.join(", "),
-        "left the largest headers out of the copy so that it fits the broker's frame"
-    );
 }
