@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::adapters::amqp::{AmqpConsumer, BrokerCheckSettings, ConsumerSettings, Names};
+use crate::adapters::amqp::{
+    AmqpConsumer, BrokerCheckSettings, ConsumerSettings, Names, effective_prefetch,
+};
 use crate::adapters::http_server::{HttpServer, HttpServerError};
 use crate::adapters::payment_http::{self, HttpPaymentProvider, PaymentClientError, PaymentLimits};
 use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
@@ -134,8 +136,9 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
         ConsumerSettings {
             url: settings.amqp.url.expose().to_owned(),
             names: names(&settings),
-            prefetch: settings.amqp.prefetch,
+            prefetch: prefetch(&settings),
             concurrency,
+            max_in_flight_bytes: settings.workers.max_in_flight_bytes,
             retry: settings.retry_policy(),
             redelivery_limit: settings.amqp.redelivery_limit,
             grace: Duration::from_millis(settings.shutdown.grace_ms),
@@ -167,6 +170,23 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     consumed.map_err(AppError::Consumer)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The prefetch to ask of the broker: the configured one, lowered to what
+/// the byte budget holds of the largest bodies (said once, at start).
+fn prefetch(settings: &Settings) -> u16 {
+    let configured = settings.amqp.prefetch;
+    let budget = settings.workers.max_in_flight_bytes;
+    let effective = effective_prefetch(configured, budget);
+    if effective < configured {
+        tracing::info!(
+            configured,
+            effective,
+            max_in_flight_bytes = budget,
+            "amqp.prefetch lowered so that a full window of 64 KiB orders fits workers.max_in_flight_bytes"
+        );
+    }
+    effective
 }
 
 /// Applies the migrations, waiting (until `stop`) for a database that is

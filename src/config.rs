@@ -68,6 +68,10 @@ pub struct WorkerSettings {
     /// follows the container's CPU limit).
     #[serde(default)]
     pub threads: usize,
+    /// Bytes of message bodies taken from the broker and not yet settled
+    /// before intake pauses; it also caps the prefetch (see
+    /// `adapters::amqp::effective_prefetch`).
+    pub max_in_flight_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -282,6 +286,14 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         in_range("workers.concurrency", self.workers.concurrency, 1, 10_000)?;
         in_range("workers.threads", self.workers.threads, 0, 256)?;
+        // At least one largest body (1 MiB is 16 of them); at most what a
+        // semaphore of bytes counts (2 GiB).
+        in_range(
+            "workers.max_in_flight_bytes",
+            self.workers.max_in_flight_bytes,
+            1 << 20,
+            2 << 30,
+        )?;
         in_range("amqp.prefetch", self.amqp.prefetch, 1, u16::MAX)?;
         in_range("retry.max_attempts", self.retry.max_attempts, 1, 100)?;
         in_range("retry.max_delay_ms", self.retry.max_delay_ms, 1, 86_400_000)?;
@@ -605,6 +617,14 @@ mod tests {
             error.to_string(),
             "invalid configuration: workers.concurrency must be between 1 and 10000 (got 0)"
         );
+    }
+
+    #[test]
+    fn the_byte_budget_holds_at_least_one_mebibyte() {
+        let error = load("workers.max_in_flight_bytes = 65536", &[]).unwrap_err();
+        assert_eq!(error.key, "workers.max_in_flight_bytes");
+        let settings = load("workers.max_in_flight_bytes = 1048576", &[]).unwrap();
+        assert_eq!(settings.workers.max_in_flight_bytes, 1 << 20);
     }
 
     #[test]
