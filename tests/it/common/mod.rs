@@ -51,6 +51,11 @@ impl ServicesHold {
     pub async fn alone() -> Self {
         Self::Alone(SERVICES.write().await)
     }
+
+    /// [`Self::shared`] for a test without a runtime (a plain `#[test]`).
+    pub fn shared_blocking() -> Self {
+        Self::Shared(SERVICES.blocking_read())
+    }
 }
 
 /// One test's private world: names on the broker and a database.

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::common::ServicesHold;
 use crate::deploy_manifests::crd::validate_custom_resources;
 use crate::deploy_manifests::invariants::{check_pool, of_kind};
 use crate::deploy_manifests::kustomize::kustomizations;
@@ -44,7 +45,10 @@ pub fn require_tool(what: &str, exe: &str, env_var: &str) -> PathBuf {
     find_tool(env_var, exe).unwrap_or_else(|| missing_tool(what, exe, env_var))
 }
 
+/// Runs one validator. It holds the services' lock shared while it runs: a
+/// test that wants the machine to itself does not share the CPU with it.
 pub fn run(cmd: &mut Command) -> Output {
+    let _machine = ServicesHold::shared_blocking();
     cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| {
         panic!("cannot run {cmd:?}: {e}\nInstall the validators with:\n    {INSTALL}")
     })
