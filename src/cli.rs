@@ -2,6 +2,7 @@
 //! `check-config`, `healthcheck` and `dlq`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -45,16 +46,86 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Count the dead letters by kind and reason (nothing is removed).
-    List,
+    List(FilterArgs),
+    /// Print every dead letter of one order: body, properties, headers,
+    /// kind, reason, attempts, trace id (nothing is removed).
+    Show {
+        /// The order id (the `message_id` property, or the body's `order_id`).
+        order_id: String,
+    },
     /// Move dead letters back to the work queue, keeping their trace context.
     Replay {
-        /// Only dead letters of this `x-error-kind` (e.g. retries_exhausted).
-        #[arg(long)]
-        kind: Option<String>,
-        /// At most this many.
-        #[arg(long)]
-        limit: Option<u64>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        run: RunArgs,
     },
+    /// Delete dead letters for good (asks to type `yes` unless `--yes`).
+    Purge {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Do not ask; needed when stdin is not a terminal.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Append dead letters to a JSON-lines file, then remove them from the
+    /// queue (each only once its line is on disk).
+    Export {
+        /// The file to append to (created if missing).
+        #[arg(long)]
+        file: PathBuf,
+        /// Leave the exported dead letters in the queue.
+        #[arg(long)]
+        keep: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Publish the lines of an exported file back into the dead-letter queue.
+    Import {
+        /// A file written by `dlq export`.
+        #[arg(long)]
+        file: PathBuf,
+        /// Skip this many lines first (to resume an interrupted import).
+        #[arg(long, default_value_t = 0)]
+        skip: u64,
+        /// Publish at most this many messages per second (`500` or `500/s`).
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<f64>,
+    },
+}
+
+/// Which dead letters a command acts on; every criterion given must hold.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
+    /// Only this `x-error-kind`, exactly (e.g. retries_exhausted).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only those whose `x-error-reason` contains this text (case-sensitive).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only those older than this (`90s`, `10m`, `2h`, `7d`), by the
+    /// `timestamp` property, else the newest `x-death` time.
+    #[arg(long, value_parser = parse_age)]
+    pub older_than: Option<Duration>,
+    /// Only this order id (`message_id`, else the body's `order_id`).
+    #[arg(long)]
+    pub order_id: Option<String>,
+}
+
+/// How much of the queue a command that removes dead letters goes through,
+/// and how fast.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct RunArgs {
+    /// At most this many.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// At most this many messages per second (`500` or `500/s`).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -88,9 +159,53 @@ fn parse_rate(value: &str) -> Result<f64, String> {
     }
 }
 
+/// A duration with its unit: `90s`, `10m`, `2h` or `7d`.
+fn parse_age(value: &str) -> Result<Duration, String> {
+    let invalid = || "must be a number with a unit, like 90s, 10m, 2h or 7d".to_owned();
+    let split = value.len().checked_sub(1).ok_or_else(invalid)?;
+    let (number, unit) = (value.get(..split), value.get(split..));
+    let seconds: u64 = match unit {
+        Some("s") => 1,
+        Some("m") => 60,
+        Some("h") => 3_600,
+        Some("d") => 86_400,
+        _ => return Err(invalid()),
+    };
+    let number: u64 = number.and_then(|n| n.parse().ok()).ok_or_else(invalid)?;
+    number
+        .checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(invalid)
+}
+
 fn parse_ratio(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
         _ => Err("must be a number between 0 and 1".to_owned()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_age_needs_its_unit() {
+        assert_eq!(parse_age("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_age("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_age("2h").unwrap(), Duration::from_secs(7_200));
+        assert_eq!(parse_age("7d").unwrap(), Duration::from_secs(604_800));
+        for wrong in [
+            "",
+            "10",
+            "m",
+            "-1m",
+            "1.5h",
+            "10 m",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_age(wrong).is_err(), "{wrong}");
+        }
     }
 }

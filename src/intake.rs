@@ -21,13 +21,12 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use self::watched::Watched;
 use crate::circuit::{Circuit, CircuitSettings, Transition};
-use crate::domain::{
-    ChargeId, Order, OrderId, OrderRepository, PaymentError, PaymentProvider, ProcessedOrder,
-    RepositoryError,
-};
 use crate::metrics::Metrics;
 use crate::usecase::{ProcessError, Processed};
+
+mod watched;
 
 /// The dependencies that can pause intake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,56 +289,6 @@ impl Intake {
                 self.metrics.circuit(name, false);
             }
         }
-    }
-}
-
-/// A port whose every call is counted by the [`Intake`] as it returns:
-/// `Watched<P>` is a `PaymentProvider` when `P` is, and `Watched<R>` an
-/// `OrderRepository` when `R` is.
-pub struct Watched<T> {
-    inner: T,
-    intake: Arc<Intake>,
-}
-
-impl<T> Watched<T> {
-    pub fn new(inner: T, intake: Arc<Intake>) -> Self {
-        Self { inner, intake }
-    }
-}
-
-impl<P: PaymentProvider> PaymentProvider for Watched<P> {
-    async fn charge(&self, order: &Order) -> Result<ChargeId, PaymentError> {
-        let result = self.inner.charge(order).await;
-        let failed = match &result {
-            Ok(_) | Err(PaymentError::Declined | PaymentError::Rejected { .. }) => Some(false),
-            Err(PaymentError::Unavailable { reason, .. }) => reason.is_outage().then_some(true),
-        };
-        self.intake.saw(Dependency::Payment, failed);
-        result
-    }
-}
-
-impl<R: OrderRepository> Watched<R> {
-    fn saw<T>(&self, result: &Result<T, RepositoryError>) {
-        let failed = match result {
-            Ok(_) => Some(false),
-            Err(error) => error.is_outage().then_some(true),
-        };
-        self.intake.saw(Dependency::Database, failed);
-    }
-}
-
-impl<R: OrderRepository> OrderRepository for Watched<R> {
-    async fn is_processed(&self, id: OrderId) -> Result<bool, RepositoryError> {
-        let result = self.inner.is_processed(id).await;
-        self.saw(&result);
-        result
-    }
-
-    async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
-        let result = self.inner.save(order).await;
-        self.saw(&result);
-        result
     }
 }
 

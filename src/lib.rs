@@ -15,23 +15,26 @@
 //!    queues, dead letters confirmed before the original is acked.
 //!
 //! Dependencies point inward: `domain` knows no infrastructure, `usecase`
-//! composes the domain's traits, `adapters` implement them, and [`app`]
-//! wires the concrete types together.
+//! composes the domain's traits and imports nothing else (the adapter that
+//! calls it traces its steps), `adapters` implement them, `telemetry`
+//! depends on no business module, and [`commands::run`] wires the concrete
+//! types together; [`commands`] holds each of the binary's commands. A test
+//! (`architecture`) fails the build when the domain or the use case names an
+//! adapter, telemetry or an infrastructure crate.
 
 pub mod adapters;
-pub mod app;
+#[cfg(test)]
+mod architecture;
 pub mod batch;
 pub mod circuit;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod disposition;
-pub mod dlq;
 pub mod domain;
 pub mod health;
-pub mod healthcheck;
 pub mod intake;
 pub mod metrics;
-pub mod publish;
 pub mod retry;
 pub mod telemetry;
 pub mod usecase;

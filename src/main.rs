@@ -1,37 +1,27 @@
 //! The `order-processor` binary: parse the command line, load the
-//! configuration, start telemetry, run the command, turn the result into
-//! an exit code (0 done, 1 runtime failure, 2 bad configuration or usage).
+//! configuration, build the runtime, dispatch to the command (each in
+//! [`order_processor::commands`], with its own output and telemetry), and
+//! turn the result into an exit code (0 done, 1 runtime failure, 2 bad
+//! configuration or usage).
 
-use std::fmt::Arguments;
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser as _;
 use clap::error::ErrorKind;
-use order_processor::app;
-use order_processor::cli::{Cli, Command, DlqCommand};
-use order_processor::config::{ConfigError, Settings};
-use order_processor::telemetry::{self, LogTarget, Telemetry};
-use order_processor::{dlq, healthcheck, publish};
+use order_processor::cli::{Cli, Command};
+use order_processor::commands::output::note;
+use order_processor::commands::{
+    CommandError, TELEMETRY_FLUSH, check_config, dlq, healthcheck, migrate, publish, run,
+};
+use order_processor::config::Settings;
+use order_processor::telemetry::{LogTarget, Telemetry};
 
 /// Every order allocates and frees many small buffers on several threads;
 /// mimalloc's thread-local free lists make that markedly cheaper than the
 /// system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// How a command failed; decides the exit code.
-enum Failure {
-    Config(ConfigError),
-    Runtime(String),
-}
-
-impl From<ConfigError> for Failure {
-    fn from(error: ConfigError) -> Self {
-        Self::Config(error)
-    }
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -40,10 +30,7 @@ fn main() -> ExitCode {
     };
     let settings = match Settings::load(&cli.config_dir) {
         Ok(settings) => settings,
-        Err(error) => {
-            complain(format_args!("{error}"));
-            return ExitCode::from(2);
-        }
+        Err(error) => return failed(&CommandError::from(error)),
     };
     // Always set, so that tokio never reads TOKIO_WORKER_THREADS itself: it
     // panics on a value that is not a positive number.
@@ -56,32 +43,20 @@ fn main() -> ExitCode {
     let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            complain(format_args!("could not start the runtime: {error}"));
+            note(format_args!("could not start the runtime: {error}"));
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(execute(cli, settings)) {
+    match runtime.block_on(dispatch(cli.command.unwrap_or(Command::Run), settings)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Config(error)) => {
-            complain(format_args!("{error}"));
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(message)) => {
-            complain(format_args!("{message}"));
-            ExitCode::from(1)
-        }
+        Err(error) => failed(&error),
     }
 }
 
-/// Writes a line of the command's result. `println!` would panic once the
-/// reader has gone away (`dlq list | head -1`); then no one is left to tell.
-fn say(line: Arguments<'_>) {
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
-}
-
-/// Writes a line on stderr, which may be closed too.
-fn complain(line: Arguments<'_>) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+/// The error's one line on stderr, and its exit code.
+fn failed(error: &CommandError) -> ExitCode {
+    note(format_args!("{error}"));
+    ExitCode::from(error.exit_code())
 }
 
 /// Help and version go to stdout with 0; any other usage error is one line
@@ -94,7 +69,7 @@ fn usage(error: &clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = error.render().to_string();
-            complain(format_args!(
+            note(format_args!(
                 "{}",
                 rendered.lines().next().unwrap_or("invalid usage")
             ));
@@ -103,88 +78,25 @@ fn usage(error: &clap::Error) -> ExitCode {
     }
 }
 
-async fn execute(cli: Cli, settings: Settings) -> Result<(), Failure> {
-    match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => {
-            telemetry::check("order-processor")?;
-            let shown = serde_json::to_string_pretty(&settings).map_err(|error| {
-                Failure::Runtime(format!("could not print the configuration: {error}"))
-            })?;
-            say(format_args!("{shown}"));
-            Ok(())
-        }
-        // No telemetry: a probe run every few seconds must not log or export.
-        Command::Healthcheck => healthcheck::check(settings.http.listen)
-            .await
-            .map_err(|error| Failure::Runtime(error.to_string())),
-        Command::Migrate => {
-            let telemetry = Telemetry::init("order-processor", LogTarget::Stdout)?;
-            let result = app::migrate(&settings).await;
-            telemetry.shutdown(Duration::from_secs(5));
-            result.map_err(|error| Failure::Runtime(error.to_string()))
-        }
-        Command::Run => {
-            let telemetry = Telemetry::init("order-processor", LogTarget::Stdout)?;
-            let result = app::run(settings, telemetry.order_tracer()).await;
-            telemetry.shutdown(Duration::from_secs(5));
-            result.map_err(|error| Failure::Runtime(error.to_string()))
-        }
+async fn dispatch(command: Command, settings: Settings) -> Result<(), CommandError> {
+    match command {
+        Command::Run => run::run(settings).await,
+        Command::Migrate => migrate::run(&settings).await,
+        Command::CheckConfig => check_config::run(&settings),
+        Command::Healthcheck => healthcheck::run(&settings).await,
         Command::Dlq(command) => {
             let telemetry = Telemetry::init("order-processor", LogTarget::Stderr)?;
-            let result = run_dlq(&settings, command).await;
-            telemetry.shutdown(Duration::from_secs(5));
-            result
+            let result = dlq::run(&settings, command).await;
+            telemetry.shutdown(TELEMETRY_FLUSH);
+            Ok(result?)
         }
         Command::Publish(args) => {
             // stdout carries the order and trace ids; logs go to stderr.
             let telemetry = Telemetry::init("order-publisher", LogTarget::Stderr)?;
-            let result = publish::run(
-                settings.amqp.url.expose(),
-                &app::names(&settings),
-                settings.retry.max_attempts,
-                &args,
-            )
-            .await;
-            telemetry.shutdown(Duration::from_secs(5));
-            let summary = result.map_err(|error| Failure::Runtime(error.to_string()))?;
-            complain(format_args!(
-                "published {} message(s), {} confirmed by the broker",
-                summary.published, summary.confirmed
-            ));
+            let result = publish::run(&settings, &args).await;
+            telemetry.shutdown(TELEMETRY_FLUSH);
+            result?;
             Ok(())
         }
     }
-}
-
-async fn run_dlq(settings: &Settings, command: DlqCommand) -> Result<(), Failure> {
-    let url = settings.amqp.url.expose();
-    let names = app::names(settings);
-    let attempts = settings.retry.max_attempts;
-    let failed = |error: dlq::DlqError| Failure::Runtime(error.to_string());
-    match command {
-        DlqCommand::List => {
-            let kinds = dlq::list(url, &names, attempts).await.map_err(failed)?;
-            let total: u64 = kinds.values().map(|k| k.count).sum();
-            say(format_args!(
-                "{total} dead letter(s) in {}",
-                names.dead_letter_queue()
-            ));
-            for (kind, summary) in &kinds {
-                say(format_args!("{:>8}  {kind}", summary.count));
-                for (reason, count) in &summary.reasons {
-                    say(format_args!("{:>8}    {reason}", count));
-                }
-            }
-        }
-        DlqCommand::Replay { kind, limit } => {
-            let done = dlq::replay(url, &names, attempts, kind.as_deref(), limit)
-                .await
-                .map_err(failed)?;
-            say(format_args!(
-                "replayed {} dead letter(s) to {}; {} left in place",
-                done.replayed, names.exchange, done.skipped
-            ));
-        }
-    }
-    Ok(())
 }

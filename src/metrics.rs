@@ -1,6 +1,6 @@
 //! The Prometheus metrics the daemon exposes on `/metrics`.
 //!
-//! One `Metrics` value is built in `app::run`, shared by reference counting with
+//! One `Metrics` value is built in `commands::run`, shared by reference counting with
 //! whoever records, and encoded by the HTTP server. Label values are
 //! `&'static str` so that recording on the per-message path never allocates.
 
@@ -24,7 +24,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// The label's value, public so that every place naming an outcome
+    /// (the consumer span's `messaging.rabbitmq.outcome` too) spells it
+    /// the same way.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Acked => "acked",
             Self::Retried => "retried",

@@ -9,8 +9,9 @@
 //! `OTEL_TRACES_SAMPLER(_ARG)`, `OTEL_SDK_DISABLED`) is honoured. When no
 //! collector listens, the daemon keeps working and says so once.
 //!
-//! The spans of an order (process, validate, lookup, charge, save) are made
-//! with the OpenTelemetry API directly, not through `tracing`: they are the
+//! The spans of an order (process, validate, the database and HTTP client
+//! spans, and the send spans of its copies; [`messaging`] has the
+//! conventions they follow) are made with the OpenTelemetry API directly, not through `tracing`: they are the
 //! daemon's hot path, and going through the tracing registry and its
 //! OpenTelemetry layer cost about four times as much CPU per span. An
 //! order's OpenTelemetry [`Context`] is current while its future is polled
@@ -19,6 +20,7 @@
 //! a tracer, and the log layer takes each line's ids from it.
 
 mod logs;
+pub mod messaging;
 mod step;
 
 use std::time::Duration;
@@ -39,7 +41,15 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use self::logs::JsonLogs;
 pub use self::step::Step;
-use crate::config::ConfigError;
+
+/// A telemetry set-up that cannot be used. `Display` names the variable
+/// (`RUST_LOG`, `OTEL_EXPORTER_OTLP_PROTOCOL`, …) and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key} {problem}")]
+pub struct TelemetryError {
+    pub key: &'static str,
+    pub problem: String,
+}
 
 /// Where log lines go: stdout for the daemon, stderr for commands whose
 /// stdout is their result.
@@ -58,11 +68,13 @@ pub struct Telemetry {
 impl Telemetry {
     /// Installs the subscriber. `default_service` names the service when
     /// `OTEL_SERVICE_NAME` does not.
-    pub fn init(default_service: &'static str, target: LogTarget) -> Result<Self, ConfigError> {
+    pub fn init(default_service: &'static str, target: LogTarget) -> Result<Self, TelemetryError> {
         let (filter, directives) = log_filter(target)?;
         let sdk_disabled = sdk_disabled();
         let provider = tracer_provider(default_service, sdk_disabled)?;
         let tracer = provider.tracer("order-processor");
+        // For the spans made outside an order (`publish`'s send spans).
+        opentelemetry::global::set_tracer_provider(provider.clone());
         // Busy/idle timing and context activation cost a clock read and a
         // thread-local swap on every poll of every instrumented future; the
         // span's own start and end times are all a trace needs.
@@ -78,8 +90,8 @@ impl Telemetry {
             .with(spans)
             .with(logs)
             .try_init()
-            .map_err(|error| ConfigError {
-                key: "RUST_LOG".to_owned(),
+            .map_err(|error| TelemetryError {
+                key: "RUST_LOG",
                 problem: format!("could not install the logger ({error})"),
             })?;
         Ok(Self {
@@ -108,7 +120,7 @@ impl Telemetry {
 
 /// Checks what [`Telemetry::init`] would refuse (`RUST_LOG`, the OTLP
 /// protocol and endpoint) without installing anything, for `check-config`.
-pub fn check(default_service: &'static str) -> Result<(), ConfigError> {
+pub fn check(default_service: &'static str) -> Result<(), TelemetryError> {
     log_filter(LogTarget::Stdout)?;
     let provider = tracer_provider(default_service, sdk_disabled())?;
     // Ignored: nothing was recorded, so there is nothing to flush or lose.
@@ -117,15 +129,15 @@ pub fn check(default_service: &'static str) -> Result<(), ConfigError> {
 }
 
 /// The filter `RUST_LOG` asks for, and its directives.
-fn log_filter(target: LogTarget) -> Result<(EnvFilter, String), ConfigError> {
+fn log_filter(target: LogTarget) -> Result<(EnvFilter, String), TelemetryError> {
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| match target {
         LogTarget::Stdout => "info".to_owned(),
         // A command's failure is the one line it prints; the AMQP client's
         // own account of a refused login would come on top.
         LogTarget::Stderr => "info,lapin=off".to_owned(),
     });
-    let filter = EnvFilter::try_new(&directives).map_err(|error| ConfigError {
-        key: "RUST_LOG".to_owned(),
+    let filter = EnvFilter::try_new(&directives).map_err(|error| TelemetryError {
+        key: "RUST_LOG",
         problem: format!("is not a valid filter ({error})"),
     })?;
     Ok((filter, directives))
@@ -139,7 +151,7 @@ pub fn sdk_disabled() -> bool {
 fn tracer_provider(
     default_service: &'static str,
     sdk_disabled: bool,
-) -> Result<SdkTracerProvider, ConfigError> {
+) -> Result<SdkTracerProvider, TelemetryError> {
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| default_service.to_owned());
     let builder = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service).build());
@@ -162,14 +174,14 @@ fn tracer_provider(
             .with_protocol(Protocol::HttpBinary)
             .build(),
         _ => {
-            return Err(ConfigError {
-                key: "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
+            return Err(TelemetryError {
+                key: "OTEL_EXPORTER_OTLP_PROTOCOL",
                 problem: format!("must be grpc or http/protobuf (got {protocol})"),
             });
         }
     };
-    let exporter = exporter.map_err(|error| ConfigError {
-        key: "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+    let exporter = exporter.map_err(|error| TelemetryError {
+        key: "OTEL_EXPORTER_OTLP_ENDPOINT",
         problem: format!("cannot be used ({error})"),
     })?;
     Ok(builder.with_batch_exporter(exporter).build())
@@ -293,19 +305,6 @@ pub fn extract(carrier: &dyn Extractor) -> Context {
     propagator().extract(carrier)
 }
 
-/// Writes the context of the current span into a carrier.
-pub fn inject_current(carrier: &mut dyn Injector) {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let context = tracing::Span::current().context();
-    propagator().inject_context(&context, carrier);
-}
-
-/// The trace id of a span as 32 lowercase hex digits, if it has one.
-pub fn trace_id(span: &tracing::Span) -> Option<String> {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    context_trace_id(&span.context())
-}
-
 #[cfg(test)]
 #[allow(clippy::panic)]
 mod tests {
@@ -337,7 +336,7 @@ mod tests {
         );
         let step = {
             let _current = order.clone().attach();
-            Step::start("charge", |_| panic!("nor for a step"))
+            Step::start("charge", || panic!("nor for a step"))
         };
         let child = step.context();
         for context in [&order, child] {

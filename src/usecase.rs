@@ -8,17 +8,17 @@
 //! at-least-once delivery safe. It knows nothing of queues: what happens to
 //! the message afterwards is decided from the returned value in
 //! [`crate::disposition`].
+//!
+//! It imports the domain only: no broker, database, HTTP or telemetry. Its
+//! two steps are public ([`ProcessOrder::validate`], [`ProcessOrder::process`])
+//! so that the adapter that calls it can trace each under a span of its own.
 
 use std::time::Duration;
-
-use opentelemetry::KeyValue;
-use opentelemetry::trace::TraceContextExt as _;
 
 use crate::domain::{
     ChargeId, DecodeError, Order, OrderError, OrderRepository, PaymentError, PaymentProvider,
     ProcessedOrder, RepositoryError, UnavailableReason, ValidationError,
 };
-use crate::telemetry;
 
 /// How an order ended when nothing went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,20 +92,28 @@ impl<P: PaymentProvider, R: OrderRepository> ProcessOrder<P, R> {
         Self { payments, orders }
     }
 
-    /// Processes one message body. `trace_id` is recorded with the order so
-    /// that a row leads back to its trace.
+    /// Processes one message body: [`Self::validate`], then [`Self::process`].
     pub async fn execute(
         &self,
         body: &[u8],
         trace_id: Option<String>,
     ) -> Result<Processed, ProcessError> {
-        let order =
-            telemetry::Step::start("validate", |span| span).run_now(|| Order::parse(body))?;
-        // The caller's span (one per delivery) carries the order's id.
-        opentelemetry::Context::map_current(|order_context| {
-            let id = KeyValue::new("order.id", order.id().to_string());
-            order_context.span().set_attribute(id);
-        });
+        let order = Self::validate(body)?;
+        self.process(order, trace_id).await
+    }
+
+    /// Parses a message body into a valid order.
+    pub fn validate(body: &[u8]) -> Result<Order, ProcessError> {
+        Ok(Order::parse(body)?)
+    }
+
+    /// Already processed? → charge → save, for a valid order. `trace_id` is
+    /// recorded with the order so that a row leads back to its trace.
+    pub async fn process(
+        &self,
+        order: Order,
+        trace_id: Option<String>,
+    ) -> Result<Processed, ProcessError> {
         if self.orders.is_processed(order.id()).await? {
             return Ok(Processed::AlreadyProcessed);
         }

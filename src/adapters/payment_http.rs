@@ -22,12 +22,13 @@
 
 mod adaptive_rate;
 mod answer;
+mod limits;
+mod span;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
-use opentelemetry::{Context, KeyValue, StringValue};
+use opentelemetry::{Context, KeyValue};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -35,6 +36,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use self::adaptive_rate::AdaptiveRate;
 use self::answer::{Answer, UnreadableBody, classify, failure_reason, unavailable};
+pub use self::limits::{PaymentLimits, longest_wait};
 use crate::domain::{ChargeId, Order, PaymentError, PaymentProvider, UnavailableReason};
 use crate::metrics::Metrics;
 use crate::telemetry;
@@ -58,7 +60,8 @@ pub struct HttpPaymentProvider {
     host_header: HeaderValue,
     /// `Bearer <PAYMENT_API_KEY>`, marked sensitive.
     authorization: Option<HeaderValue>,
-    server_address: StringValue,
+    /// What every charge span says of the request, made once.
+    span_attributes: [KeyValue; 4],
     metrics: Arc<Metrics>,
     /// One permit per charge that may be in flight, when capped below the
     /// worker pool (which otherwise bounds them).
@@ -113,7 +116,7 @@ impl HttpPaymentProvider {
         let base = Url::parse(base_url).map_err(|_| PaymentClientError::InvalidUrl)?;
         let charges_url = charges_url(&base).ok_or(PaymentClientError::InvalidUrl)?;
         let host = base.host_str().unwrap_or_default();
-        let server_address = StringValue::from(Arc::<str>::from(host));
+        let span_attributes = span::attributes(&charges_url, host);
         // Made once here instead of formatted by the client for every request.
         let host_header = match base.port() {
             Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
@@ -153,7 +156,7 @@ impl HttpPaymentProvider {
             charges_url,
             host_header,
             authorization,
-            server_address,
+            span_attributes,
             metrics,
             in_flight: max_in_flight.map(Semaphore::new),
             pace: AdaptiveRate::new(Instant::now(), min_rate),
@@ -250,10 +253,7 @@ impl HttpPaymentProvider {
             }
         };
         let status = response.status();
-        span.span().set_attribute(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status.as_u16()),
-        ));
+        span::answered(span, status.as_u16());
         let retry_after = match status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                 answer::retry_after(response.headers(), SystemTime::now())
@@ -290,24 +290,12 @@ impl HttpPaymentProvider {
 
 impl PaymentProvider for HttpPaymentProvider {
     async fn charge(&self, order: &Order) -> Result<ChargeId, PaymentError> {
-        let step = telemetry::Step::start("charge", |span| {
-            // Room for the status code and the error type set later.
-            let mut attributes = Vec::with_capacity(5);
-            attributes.extend([
-                KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("server.address", self.server_address.clone()),
-                KeyValue::new("url.path", "/v1/charges"),
-            ]);
-            span.with_kind(SpanKind::Client).with_attributes(attributes)
-        });
+        let step = telemetry::Step::start("charge", || span::charge(&self.span_attributes));
         // Current while the request runs, so that the client's own log
         // lines (a refused certificate) carry the charge span.
         let result = step.run(self.post(order, step.context())).await;
         if let Err(error) = &result {
-            let kind = error_type(error);
-            let span = step.context().span();
-            span.set_attribute(KeyValue::new("error.type", kind));
-            span.set_status(Status::error(kind));
+            span::failed(step.context(), error);
         }
         result
     }
@@ -324,52 +312,6 @@ impl opentelemetry::propagation::Injector for HeaderCarrier<'_> {
         ) {
             self.0.insert(name, value);
         }
-    }
-}
-
-/// How long, how many at once and how slowly charges may go.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PaymentLimits {
-    /// One request's timeout.
-    pub timeout: Duration,
-    /// Charges in flight, when capped below the worker pool.
-    pub max_in_flight: Option<usize>,
-    /// The slowest the rate limiter paces charges (per second).
-    pub min_rate: f64,
-}
-
-/// The longest an order can wait for the provider: its own request, before
-/// it those of the orders ahead of it in the queue for a turn
-/// (`concurrency` orders in flight, `max_in_flight` charges at a time if
-/// capped, each bounded by the timeout), and, while the provider limits
-/// the rate, its place in the line for a token (every order in flight
-/// ahead of it, at the slowest rate).
-pub fn longest_wait(limits: PaymentLimits, concurrency: usize) -> Duration {
-    let turns = limits
-        .max_in_flight
-        .map_or(1, |n| concurrency.div_ceil(n.max(1)).max(1));
-    let requests = limits
-        .timeout
-        .saturating_mul(u32::try_from(turns).unwrap_or(u32::MAX));
-    let line =
-        Duration::try_from_secs_f64(concurrency as f64 / limits.min_rate).unwrap_or(Duration::MAX);
-    requests.saturating_add(line)
-}
-
-fn error_type(error: &PaymentError) -> &'static str {
-    match error {
-        PaymentError::Declined => "payment_declined",
-        PaymentError::Rejected { .. } => "payment_rejected",
-        PaymentError::Unavailable { reason, .. } => match reason {
-            UnavailableReason::Timeout => "timeout",
-            UnavailableReason::Connect => "connect",
-            UnavailableReason::Closed => "connection_closed",
-            UnavailableReason::NotHttp => "invalid_http",
-            UnavailableReason::Status(_) => "http_status",
-            UnavailableReason::InProgress => "in_progress",
-            UnavailableReason::RateLimited => "rate_limited",
-            UnavailableReason::InvalidResponse => "invalid_response",
-        },
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanBuilder, SpanKind};
+use opentelemetry_semantic_conventions::attribute as semconv;
 use sqlx::ConnectOptions as _;
 use sqlx::Connection as _;
 use sqlx::Postgres;
@@ -206,6 +207,8 @@ pub struct PostgresOrders {
     lookups: Batcher<Uuid, Found>,
     saves: Batcher<ProcessedOrder, Saved>,
     metrics: Arc<Metrics>,
+    /// What every database span of an order says of the server, made once.
+    server: [KeyValue; 4],
 }
 
 impl PostgresOrders {
@@ -223,6 +226,16 @@ impl PostgresOrders {
             workers: BATCH_WORKERS,
             linger: BATCH_LINGER,
         };
+        let options = pool.connect_options();
+        let server = [
+            KeyValue::new(semconv::DB_SYSTEM_NAME, "postgresql"),
+            KeyValue::new(semconv::SERVER_ADDRESS, options.get_host().to_owned()),
+            KeyValue::new(semconv::SERVER_PORT, i64::from(options.get_port())),
+            KeyValue::new(
+                semconv::DB_NAMESPACE,
+                options.get_database().unwrap_or("postgres").to_owned(),
+            ),
+        ];
         let lookup_pool = pool.clone();
         let lookup_metrics = Arc::clone(&metrics);
         let lookups = Batcher::spawn(limits, tracker, move |ids: Vec<Uuid>| {
@@ -242,6 +255,7 @@ impl PostgresOrders {
             lookups,
             saves,
             metrics,
+            server,
         }
     }
 }
@@ -261,9 +275,7 @@ async fn timed<T, R>(
 
 impl OrderRepository for PostgresOrders {
     async fn is_processed(&self, id: OrderId) -> Result<bool, RepositoryError> {
-        let step = telemetry::Step::start("lookup", |span| {
-            client_span(span, "SELECT", "SELECT orders")
-        });
+        let step = telemetry::Step::start("lookup", || self.client_span("SELECT", "SELECT orders"));
         let started = Instant::now();
         let answer = step.run(self.lookups.call(id.as_uuid())).await;
         self.metrics
@@ -272,8 +284,7 @@ impl OrderRepository for PostgresOrders {
     }
 
     async fn save(&self, order: ProcessedOrder) -> Result<(), RepositoryError> {
-        let step =
-            telemetry::Step::start("save", |span| client_span(span, "INSERT", "INSERT orders"));
+        let step = telemetry::Step::start("save", || self.client_span("INSERT", "INSERT orders"));
         let started = Instant::now();
         let answer = step.run(self.saves.call(order)).await;
         self.metrics
@@ -282,14 +293,22 @@ impl OrderRepository for PostgresOrders {
     }
 }
 
-/// A database client span of an order (OpenTelemetry database conventions).
-fn client_span(span: SpanBuilder, operation: &'static str, summary: &'static str) -> SpanBuilder {
-    span.with_kind(SpanKind::Client).with_attributes([
-        KeyValue::new("db.system.name", "postgresql"),
-        KeyValue::new("db.operation.name", operation),
-        KeyValue::new("db.collection.name", "orders"),
-        KeyValue::new("db.query.summary", summary),
-    ])
+impl PostgresOrders {
+    /// A database client span of an order (OpenTelemetry database
+    /// conventions): named by its query summary, `{operation} orders`, and
+    /// without the statement's text or values.
+    fn client_span(&self, operation: &'static str, summary: &'static str) -> SpanBuilder {
+        let mut attributes = Vec::with_capacity(7);
+        attributes.extend_from_slice(&self.server);
+        attributes.extend([
+            KeyValue::new(semconv::DB_OPERATION_NAME, operation),
+            KeyValue::new(semconv::DB_COLLECTION_NAME, "orders"),
+            KeyValue::new(semconv::DB_QUERY_SUMMARY, summary),
+        ]);
+        SpanBuilder::from_name(summary)
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+    }
 }
 
 fn flatten<T>(

@@ -33,15 +33,13 @@ pub struct Step {
 }
 
 impl Step {
-    /// Starts the step `name` under the current order's span; `span` may
-    /// add to its description. Outside an order (no order in the current
+    /// Starts the step `name` (the name its log lines carry) under the
+    /// current order's span, as the span `span` describes. Outside an order (no order in the current
     /// context: unit tests, benchmarks) no span is made and the step runs
     /// in the current context.
-    pub fn start(name: &'static str, span: impl FnOnce(SpanBuilder) -> SpanBuilder) -> Self {
+    pub fn start(name: &'static str, span: impl FnOnce() -> SpanBuilder) -> Self {
         let context = Context::map_current(|current| match current.get::<InOrder>() {
-            Some(order) => order
-                .tracer
-                .child(|| span(SpanBuilder::from_name(name)), current),
+            Some(order) => order.tracer.child(span, current),
             None => current.clone(),
         });
         Self { context, name }
@@ -119,8 +117,8 @@ mod tests {
     #[test]
     fn a_steps_name_is_current_only_while_its_work_runs() {
         assert_eq!(current_name(), None);
-        let step = Step::start("charge", |_| panic!("no span outside an order"));
-        let inner = Step::start("save", |_| panic!("no span outside an order"));
+        let step = Step::start("charge", || panic!("no span outside an order"));
+        let inner = Step::start("save", || panic!("no span outside an order"));
         let seen = step.run_now(|| (current_name(), inner.run_now(current_name), current_name()));
         assert_eq!(seen, (Some("charge"), Some("save"), Some("charge")));
         assert_eq!(current_name(), None);

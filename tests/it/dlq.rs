@@ -1,6 +1,8 @@
 //! The operator's dead-letter tools against the real broker: `dlq list`
 //! counts without removing, `dlq replay` moves messages back with their
-//! trace context and never loses one.
+//! trace context and never loses one; `show`, the filters and `purge` are
+//! in `dlq/inspect.rs`, `export`/`import`, `replay --rate` and the runs
+//! killed mid-way in `dlq/moves.rs`.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,14 +12,21 @@
     clippy::arithmetic_side_effects
 )]
 
+use crate::common;
+mod inspect;
+mod moves;
+
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::common::broker::Broker;
-use crate::common::daemon::{Daemon, command};
-use crate::common::payment::PaymentStub;
-use crate::common::{TestEnv, order_json};
+use common::broker::Broker;
+use common::daemon::{Daemon, command};
+use common::payment::PaymentStub;
+use common::{TestEnv, order_json};
+use lapin::BasicProperties;
+use lapin::types::AMQPValue;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -26,6 +35,91 @@ fn run(env: &TestEnv, payment_url: &str, args: &[&str]) -> (i32, String) {
     let output = command(env, payment_url).args(args).output().unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
     (output.status.code().unwrap_or(-1), stdout)
+}
+
+/// No payment provider is needed by the `dlq` commands.
+const NO_PROVIDER: &str = "http://127.0.0.1:9";
+
+/// Runs `order-processor dlq …` with stdin closed (no terminal).
+fn dlq(env: &TestEnv, args: &[&str]) -> Output {
+    command(env, NO_PROVIDER)
+        .arg("dlq")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Asserts the command succeeded and returns its stdout.
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout(output)
+}
+
+/// Seconds since the epoch, `ago` in the past.
+fn seconds_ago(ago: u64) -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - ago
+}
+
+/// The properties of a dead letter as the daemon writes them, for the
+/// order `order_id`, published `age` seconds ago.
+fn dead_letter_properties(order_id: &str, kind: &str, reason: &str, age: u64) -> BasicProperties {
+    let mut properties = Broker::properties(Some(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ))
+    .with_message_id(order_id.into())
+    .with_timestamp(seconds_ago(age));
+    let headers = properties.headers().clone().unwrap_or_default();
+    let mut headers = headers;
+    headers.insert("x-error-kind".into(), AMQPValue::LongString(kind.into()));
+    headers.insert(
+        "x-error-reason".into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert("x-attempts".into(), AMQPValue::LongLongInt(4));
+    properties = properties.with_headers(headers);
+    properties
+}
+
+/// A broker with `env`'s topology declared and `n` dead letters of kind
+/// `kind` in its dead-letter queue; returns their order ids.
+async fn with_dead_letters(env: &TestEnv, n: usize, kind: &str) -> (Broker, Vec<String>) {
+    let broker = Broker::connect().await;
+    broker.declare(env).await;
+    let ids = add_dead_letters(env, &broker, n, kind, 0).await;
+    (broker, ids)
+}
+
+async fn add_dead_letters(
+    env: &TestEnv,
+    broker: &Broker,
+    n: usize,
+    kind: &str,
+    age: u64,
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = Uuid::new_v4();
+        let properties = dead_letter_properties(&id.to_string(), kind, "the provider said no", age);
+        broker
+            .dead_letter(env, &order_json(id, "tok_visa"), properties)
+            .await;
+        ids.push(id.to_string());
+    }
+    ids
 }
 
 /// Publishes `n` bodies that are no order: each is dead-lettered at once.

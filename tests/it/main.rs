@@ -28,3 +28,4 @@ mod pipeline;
 mod republish;
 mod resilience;
 mod tls;
+mod traces;

@@ -9,106 +9,28 @@
 )]
 
 use crate::common;
+
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::common::broker::Broker;
-use crate::common::daemon::{Daemon, PaymentSim};
-use crate::common::payment::PaymentStub;
-use crate::common::{TestEnv, order_json};
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::routing::post;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use common::broker::Broker;
+use common::daemon::{Daemon, PaymentSim};
+use common::otlp::{Collector, attribute, hex};
+use common::payment::PaymentStub;
+use common::{TestEnv, order_json};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use prost::Message as _;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// An OTLP/HTTP receiver: collects every span exported to `/v1/traces`.
-struct Collector {
-    url: String,
-    spans: Arc<Mutex<Vec<Span>>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Collector {
-    async fn start() -> Self {
-        let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
-        let app = Router::new()
-            .route("/v1/traces", post(receive))
-            .with_state(Arc::clone(&spans));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, spans, server }
-    }
-
-    fn spans(&self) -> Vec<Span> {
-        self.spans.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-async fn receive(State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes) -> &'static str {
-    let request = ExportTraceServiceRequest::decode(body).unwrap();
-    let mut spans = spans.lock().unwrap();
-    for resource in request.resource_spans {
-        for scope in resource.scope_spans {
-            spans.extend(scope.spans);
-        }
-    }
-    ""
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn attribute(span: &Span, key: &str) -> Option<String> {
-    let value = span
-        .attributes
-        .iter()
-        .find(|kv| kv.key == key)?
-        .value
-        .as_ref()?
-        .value
-        .as_ref()?;
-    Some(match value {
-        Value::StringValue(s) => s.clone(),
-        Value::IntValue(i) => i.to_string(),
-        Value::BoolValue(b) => b.to_string(),
-        other => format!("{other:?}"),
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_one_trace_from_the_publisher_to_the_provider_and_the_row() {
     let env = TestEnv::new().await;
     let collector = Collector::start().await;
     let stub = PaymentStub::start(|_, _| 201).await;
-    let daemon = Daemon::start(
-        &env,
-        &stub.url,
-        &[
-            ("OTEL_SDK_DISABLED", "false"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.url),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-        ],
-    )
-    .await;
+    let daemon = Daemon::start(&env, &stub.url, &collector.exporting_env()).await;
     let broker = Broker::connect().await;
 
     let order_id = Uuid::new_v4();
@@ -133,7 +55,13 @@ async fn an_order_is_one_trace_from_the_publisher_to_the_provider_and_the_row() 
         )
         .await;
 
-    let wanted = ["process", "validate", "lookup", "charge", "save"];
+    let wanted = [
+        "process",
+        "validate",
+        "SELECT orders",
+        "POST",
+        "INSERT orders",
+    ];
     env.eventually(WAIT, "the spans of the order", || async {
         let spans = collector.spans();
         let names: Vec<&str> = spans
@@ -161,7 +89,8 @@ async fn an_order_is_one_trace_from_the_publisher_to_the_provider_and_the_row() 
     };
 
     let consumer = by_name("process");
-    assert_eq!(consumer.name, format!("process {}", env.queue));
+    let destination = format!("{}:{}:{}", env.exchange, env.routing_key, env.queue);
+    assert_eq!(consumer.name, format!("process {destination}"));
     assert_eq!(consumer.kind, SpanKind::Consumer as i32);
     assert_eq!(
         hex(&consumer.parent_span_id),
@@ -174,7 +103,7 @@ async fn an_order_is_one_trace_from_the_publisher_to_the_provider_and_the_row() 
     );
     assert_eq!(
         attribute(&consumer, "messaging.destination.name").as_deref(),
-        Some(env.queue.as_str())
+        Some(destination.as_str())
     );
     assert_eq!(
         attribute(&consumer, "messaging.rabbitmq.destination.routing_key").as_deref(),
@@ -182,20 +111,20 @@ async fn an_order_is_one_trace_from_the_publisher_to_the_provider_and_the_row() 
     );
     assert_eq!(attribute(&consumer, "order.id"), Some(order_id.to_string()));
 
-    for child in ["validate", "lookup", "charge", "save"] {
+    for child in ["validate", "SELECT orders", "POST", "INSERT orders"] {
         assert_eq!(
             by_name(child).parent_span_id,
             consumer.span_id,
             "{child} is a child of the consumer span"
         );
     }
-    let charge = by_name("charge");
+    let charge = by_name("POST");
     assert_eq!(charge.kind, SpanKind::Client as i32);
     assert_eq!(
         attribute(&charge, "http.response.status_code").as_deref(),
         Some("201")
     );
-    let save = by_name("save");
+    let save = by_name("INSERT orders");
     assert_eq!(
         attribute(&save, "db.system.name").as_deref(),
         Some("postgresql")

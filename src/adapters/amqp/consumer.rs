@@ -13,18 +13,13 @@
 
 mod delivery;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
-use opentelemetry::StringValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,14 +27,16 @@ use tokio_util::task::TaskTracker;
 use self::delivery::handle;
 use super::republish::Republisher;
 use super::settler::Settler;
-use super::topology::{self, Names};
-use super::{AmqpError, answered, connect};
+use super::toolkit::Link;
+use super::topology::Names;
+use super::{AmqpError, answered};
 use crate::domain::{OrderRepository, PaymentProvider};
 use crate::health::Health;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::retry::{self, RetryPolicy};
 use crate::telemetry::OrderTracer;
+use crate::telemetry::messaging::{ProcessSpans, Server};
 use crate::usecase::ProcessOrder;
 
 /// Everything the consumer needs to know, taken from the settings.
@@ -61,6 +58,8 @@ pub struct AmqpConsumer<P, R> {
     settings: ConsumerSettings,
     usecase: Arc<ProcessOrder<P, R>>,
     tracer: OrderTracer,
+    /// What every process span shares, made once for the daemon's life.
+    spans: Arc<ProcessSpans>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// Paused while a dependency is down; outlives the broker sessions.
@@ -71,9 +70,7 @@ pub struct AmqpConsumer<P, R> {
 struct Session<P, R> {
     usecase: Arc<ProcessOrder<P, R>>,
     tracer: OrderTracer,
-    /// `process <queue>`, the name of every consumer span.
-    span_name: Cow<'static, str>,
-    queue: StringValue,
+    spans: Arc<ProcessSpans>,
     /// The topology's names, to tell a retry from a fresh message.
     names: Names,
     metrics: Arc<Metrics>,
@@ -99,7 +96,11 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         health: Arc<Health>,
         intake: Arc<Intake>,
     ) -> Self {
+        let names = &settings.names;
+        let server = broker_server(&settings.url);
+        let spans = ProcessSpans::new(&names.exchange, &names.routing_key, &names.queue, server);
         Self {
+            spans: Arc::new(spans),
             settings,
             usecase,
             tracer,
@@ -145,16 +146,20 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         let settings = &self.settings;
         // The pid in the name lets an operator find this replica's connection.
         let name = format!("order-processor pid {}", std::process::id());
-        let connection = connect(&settings.url, &name).await?;
+        // The link's channel, in confirm mode, carries retries and dead letters.
+        let link = Link::open(
+            &settings.url,
+            &name,
+            &settings.names,
+            settings.retry.max_attempts,
+        )
+        .await?;
+        let connection = &link.connection;
+        let publishing = link.channel.clone();
         let consuming = answered(connection.create_channel(), AmqpError::Channel).await?;
-        let publishing = answered(connection.create_channel(), AmqpError::Channel).await?;
-        let declared = topology::declare(&consuming, &settings.names, settings.retry.max_attempts);
-        answered(declared, AmqpError::Topology).await?;
         super::broker_check::spawn(settings, &pool.tasks, stop);
         let qos = consuming.basic_qos(settings.prefetch, BasicQosOptions::default());
         answered(qos, AmqpError::Channel).await?;
-        let confirms = publishing.confirm_select(ConfirmSelectOptions::default());
-        answered(confirms, AmqpError::Channel).await?;
 
         let ack_failed = CancellationToken::new();
         // The settler is tracked with the order tasks: it ends after the last
@@ -171,16 +176,16 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         let session = Arc::new(Session {
             usecase: Arc::clone(&self.usecase),
             tracer: self.tracer.clone(),
-            span_name: Cow::Owned(format!("process {}", settings.names.queue)),
-            queue: StringValue::from(Arc::<str>::from(settings.names.queue.as_str())),
+            spans: Arc::clone(&self.spans),
             names: settings.names.clone(),
             metrics: Arc::clone(&self.metrics),
             settler,
             republisher: Republisher::new(
                 publishing.clone(),
                 settings.names.clone(),
-                connection.configuration().frame_max(),
-            ),
+                link.frame_max(),
+            )
+            .at(broker_server(&settings.url)),
             retry: settings.retry,
             redelivery_limit: settings.redelivery_limit,
             intake: Arc::clone(&self.intake),
@@ -216,7 +221,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             tracing::warn!(%error, "could not cancel the consumer");
         }
         pool.drain(settings.grace).await;
-        close(&connection, &[&publishing, &consuming]).await;
+        link.close(&[&consuming]).await;
         Ok(())
     }
 
@@ -337,15 +342,8 @@ impl WorkerPool {
     }
 }
 
-async fn close(connection: &Connection, channels: &[&Channel]) {
-    for channel in channels {
-        let closed = answered(channel.close(200, "stopping".into()), AmqpError::Channel);
-        if let Err(error) = closed.await {
-            tracing::debug!(%error, "channel already closed");
-        }
-    }
-    let closed = answered(connection.close(200, "stopping".into()), AmqpError::Channel);
-    if let Err(error) = closed.await {
-        tracing::debug!(%error, "connection already closed");
-    }
+/// The broker's host and port, as spans name them (never its credentials).
+fn broker_server(url: &str) -> Option<Server> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
+    Some(Server::new(&uri.authority.host, uri.authority.port))
 }

@@ -83,6 +83,16 @@ pub fn replay_copy(properties: BasicProperties, frame_max: u32) -> Result<Fitted
     )
 }
 
+/// A dead letter imported from a `dlq export` file, on its way back into
+/// the dead-letter queue with its failure headers kept.
+pub fn imported_copy(properties: BasicProperties, frame_max: u32) -> Result<Fitted, DoesNotFit> {
+    frame::fit(
+        properties,
+        &[ERROR_KIND, ERROR_REASON, ATTEMPTS],
+        Room::new(frame_max, frame::redelivery_reserve()),
+    )
+}
+
 fn without_routing_headers(properties: &BasicProperties) -> BasicProperties {
     let Some(original) = properties.headers().as_ref() else {
         return properties.clone();
@@ -113,6 +123,18 @@ pub fn bounded(text: &str, limit: usize) -> &str {
         .find(|&end| text.is_char_boundary(end))
         .unwrap_or(0);
     text.get(..end).unwrap_or_default()
+}
+
+/// One line for an operator: which headers a copy goes without. At most a
+/// few names are logged; `x-dropped-headers` on the copy has the rest.
+pub fn log_dropped(dropped: &[String]) {
+    const LOGGED: usize = 8;
+    let names: Vec<&str> = dropped.iter().take(LOGGED).map(String::as_str).collect();
+    tracing::warn!(
+        dropped = dropped.len(),
+        headers = %names.join(", "),
+        "left the largest headers out of the copy so that it fits the broker's frame"
+    );
 }
 
 #[cfg(test)]

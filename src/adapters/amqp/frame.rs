@@ -26,7 +26,7 @@ use lapin::protocol::basic::gen_properties;
 use lapin::types::generation::{SerializeFn, gen_value};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 
-use super::headers::{DEATHS, DROPPED_HEADERS, TRACEPARENT, TRACESTATE, text};
+use super::headers::{DEATHS, DELIVERY_COUNT, DROPPED_HEADERS, TRACEPARENT, TRACESTATE, text};
 
 /// A frame's own bytes: type, channel, payload size and frame-end.
 const FRAME_OVERHEAD: usize = 8;
@@ -46,7 +46,7 @@ const MORE_ROOM: usize = 32;
 
 /// The broker's history of a message's dead-letterings: left out only
 /// after every other header that may go.
-const BROKER_HISTORY: [&str; 7] = [
+pub const BROKER_HISTORY: [&str; 7] = [
     DEATHS,
     "x-first-death-exchange",
     "x-first-death-queue",
@@ -55,9 +55,6 @@ const BROKER_HISTORY: [&str; 7] = [
     "x-last-death-queue",
     "x-last-death-reason",
 ];
-
-/// The header a quorum queue adds when it delivers a message again.
-const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// How many bytes a copy's properties may take on a connection: the frame
 /// minus its overhead, the content header's fixed part and a reserve for

@@ -1,5 +1,6 @@
 //! Reading and writing the AMQP headers the daemon cares about: the W3C
-//! trace context and the attempt count. Every header was written by a
+//! trace context, the attempt count, the failure headers of a dead letter
+//! and the broker's `x-death` history. Every header was written by a
 //! publisher who may be hostile or careless, so nothing read here panics
 //! or believes a value the broker does not vouch for.
 
@@ -16,6 +17,8 @@ pub const ERROR_REASON: &str = "x-error-reason";
 pub const DROPPED_HEADERS: &str = "x-dropped-headers";
 /// The broker's record of a message's dead-letterings, newest first.
 pub const DEATHS: &str = "x-death";
+/// The quorum queue's count of a message's earlier deliveries.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
@@ -24,11 +27,7 @@ pub struct HeaderExtractor<'a>(pub Option<&'a FieldTable>);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        match self.0?.inner().get(key)? {
-            AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
-            AMQPValue::ShortString(value) => Some(value.as_str()),
-            _ => None,
-        }
+        as_text(self.0?.inner().get(key)?)
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -69,16 +68,8 @@ pub fn attempt(properties: &BasicProperties, names: &Names, max_attempts: u32) -
     let recorded = headers
         .inner()
         .get(ATTEMPTS)
-        .and_then(|value| match value {
-            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::LongUInt(n) => Some(*n),
-            AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
-            AMQPValue::ShortShortInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::ShortShortUInt(n) => Some(u32::from(*n)),
-            _ => None,
-        })
+        .and_then(as_count)
+        .and_then(|n| u32::try_from(n).ok())
         .filter(|&n| last_death_queue(headers).is_some_and(|queue| queue == names.retry_queue(n)))
         .unwrap_or(0);
     recorded.saturating_add(1).clamp(1, max_attempts.max(1))
@@ -87,34 +78,58 @@ pub fn attempt(properties: &BasicProperties, names: &Names, max_attempts: u32) -
 /// How many times the broker delivered the message before without it being
 /// settled: a quorum queue's `x-delivery-count`, absent on a first delivery.
 pub fn delivery_count(properties: &BasicProperties) -> Option<u64> {
-    match properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get("x-delivery-count")?
-    {
-        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
-        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
-        _ => None,
-    }
+    count_header(properties, DELIVERY_COUNT)
 }
 
 /// The queue the broker last dead-lettered the message from.
 fn last_death_queue(headers: &FieldTable) -> Option<&str> {
+    as_text(newest_death_in(headers)?.inner().get("queue")?)
+}
+
+/// The newest entry of the broker's `x-death` history, if any.
+pub fn newest_death(properties: &BasicProperties) -> Option<&FieldTable> {
+    newest_death_in(properties.headers().as_ref()?)
+}
+
+fn newest_death_in(headers: &FieldTable) -> Option<&FieldTable> {
     let AMQPValue::FieldArray(deaths) = headers.inner().get(DEATHS)? else {
         return None;
     };
-    let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else {
-        return None;
-    };
-    match newest.inner().get("queue")? {
-        AMQPValue::LongString(queue) => std::str::from_utf8(queue.as_bytes()).ok(),
-        AMQPValue::ShortString(queue) => Some(queue.as_str()),
+    match deaths.as_slice().first()? {
+        AMQPValue::FieldTable(newest) => Some(newest),
+        _ => None,
+    }
+}
+
+/// A header's value as text, when it is a string that is valid UTF-8.
+pub fn text_header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a str> {
+    as_text(properties.headers().as_ref()?.inner().get(name)?)
+}
+
+/// A header's value as a count, when it is a non-negative integer.
+pub fn count_header(properties: &BasicProperties, name: &str) -> Option<u64> {
+    as_count(properties.headers().as_ref()?.inner().get(name)?)
+}
+
+/// A string value (long or short) that is valid UTF-8.
+pub fn as_text(value: &AMQPValue) -> Option<&str> {
+    match value {
+        AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+        AMQPValue::ShortString(value) => Some(value.as_str()),
+        _ => None,
+    }
+}
+
+/// An integer value of any width, when it is not negative.
+pub fn as_count(value: &AMQPValue) -> Option<u64> {
+    match *value {
+        AMQPValue::LongLongInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(n)),
+        AMQPValue::ShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(n)),
+        AMQPValue::ShortShortInt(n) => u64::try_from(n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(n)),
         _ => None,
     }
 }
@@ -181,6 +196,26 @@ pub fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
+/// Every property but the expiration set, with `headers`: for the tests of
+/// code that must keep them all.
+#[cfg(test)]
+pub(crate) fn every_property(headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("identity".into())
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_priority(3)
+        .with_correlation_id("corr".into())
+        .with_reply_to("replies".into())
+        .with_message_id("m-1".into())
+        .with_timestamp(1_700_000_000)
+        .with_type("order".into())
+        .with_user_id("guest".into())
+        .with_app_id("shop".into())
+        .with_cluster_id("c".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,20 +224,7 @@ mod tests {
     fn only_the_expiration_is_left_out() {
         let mut headers = FieldTable::default();
         headers.insert("traceparent".into(), text("00-ab-cd-01"));
-        let all = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_content_encoding("identity".into())
-            .with_headers(headers)
-            .with_delivery_mode(2)
-            .with_priority(3)
-            .with_correlation_id("corr".into())
-            .with_reply_to("replies".into())
-            .with_message_id("m-1".into())
-            .with_timestamp(1_700_000_000)
-            .with_type("order".into())
-            .with_user_id("guest".into())
-            .with_app_id("shop".into())
-            .with_cluster_id("c".into());
+        let all = every_property(headers);
         let copy = without_expiration(&all.clone().with_expiration("60000".into()));
         assert_eq!(copy, all);
     }

@@ -1,6 +1,7 @@
 //! RabbitMQ: topology, the consumer that feeds the worker pool, the
-//! settlement of deliveries (ack, broker-held retry, dead letter) and the
-//! publisher used by `publish`.
+//! settlement of deliveries (ack, broker-held retry, dead letter), and the
+//! [`toolkit`] every command uses to connect, publish with a confirm and
+//! close.
 
 mod broker_check;
 mod consumer;
@@ -9,6 +10,7 @@ pub mod frame;
 pub mod headers;
 mod republish;
 mod settler;
+pub mod toolkit;
 pub mod topology;
 
 use std::future::IntoFuture;

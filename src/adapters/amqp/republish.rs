@@ -4,29 +4,38 @@
 //! only a broker confirmation (stored and routed) lets the caller ack the
 //! original: between the two, the message exists at least once. What the
 //! copy carries, and how it is kept within the connection's frame, is
-//! [`super::copy`]'s business.
+//! [`super::copy`]'s business. Each copy is published under a send span
+//! (a child of the delivery's process span, linked to the message's own
+//! creation context, which the copy keeps).
 
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 
 use super::copy;
 use super::frame::{DoesNotFit, Fitted};
+use super::toolkit::{self, ConfirmError, Route};
 use super::topology::Names;
-
-pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::telemetry::messaging::{Destination, Server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepublishError {
-    #[error("publishing failed: {0}")]
-    Publish(#[source] lapin::Error),
-    #[error("the broker did not confirm the message")]
-    NotConfirmed,
-    #[error("the broker did not confirm the message in time")]
-    Timeout,
+    #[error(transparent)]
+    NotStored(#[from] ConfirmError),
     #[error("the copy cannot fit the broker's frame: {0}")]
     TooLarge(#[source] DoesNotFit),
+}
+
+impl RepublishError {
+    /// The `error.type` of the copy's send span.
+    fn error_type(&self) -> &'static str {
+        match self {
+            Self::NotStored(ConfirmError::Publish(_)) => "publish_failed",
+            Self::NotStored(ConfirmError::Nacked | ConfirmError::Returned) => "not_confirmed",
+            Self::NotStored(ConfirmError::Timeout) => "timeout",
+            Self::TooLarge(_) => "frame_too_small",
+        }
+    }
 }
 
 /// The channel retry and dead-letter copies are published on.
@@ -36,14 +45,30 @@ pub struct Republisher {
     names: Names,
     /// The connection's negotiated frame size, which every copy fits.
     frame_max: u32,
+    /// Where dead letters go, as their send spans name it.
+    dead_letters: Destination,
+    /// The broker, as send spans name it.
+    server: Option<Server>,
 }
 
 impl Republisher {
     pub fn new(channel: Channel, names: Names, frame_max: u32) -> Self {
+        let dead_letters = Destination::send(&names.dead_letter_exchange(), &names.queue);
         Self {
             channel,
             names,
             frame_max,
+            dead_letters,
+            server: None,
+        }
+    }
+
+    /// The same, with send spans that name the broker `server`.
+    pub fn at(self, server: Option<Server>) -> Self {
+        Self {
+            dead_letters: self.dead_letters.at(server.as_ref()),
+            server,
+            ..self
         }
     }
 
@@ -56,9 +81,13 @@ impl Republisher {
         delay: Duration,
     ) -> Result<(), RepublishError> {
         let queue = self.names.retry_queue(attempt);
-        let copy = copy::retry_copy(properties, &queue, attempt, delay, self.frame_max)
-            .map_err(RepublishError::TooLarge)?;
-        self.publish("", &queue, body, copy).await
+        let published = async {
+            let copy = copy::retry_copy(properties, &queue, attempt, delay, self.frame_max)
+                .map_err(RepublishError::TooLarge)?;
+            self.publish("", &queue, body, copy).await
+        };
+        let destination = Destination::send("", &queue).at(self.server.as_ref());
+        traced(&destination, body, properties, published).await
     }
 
     /// Moves the message to the dead-letter queue: the same body and
@@ -71,10 +100,13 @@ impl Republisher {
         kind: &str,
         reason: &str,
     ) -> Result<(), RepublishError> {
-        let copy = copy::dead_letter_copy(properties, attempt, kind, reason, self.frame_max)
-            .map_err(RepublishError::TooLarge)?;
-        let exchange = self.names.dead_letter_exchange();
-        self.publish(&exchange, &self.names.queue, body, copy).await
+        let published = async {
+            let copy = copy::dead_letter_copy(properties, attempt, kind, reason, self.frame_max)
+                .map_err(RepublishError::TooLarge)?;
+            let exchange = self.names.dead_letter_exchange();
+            self.publish(&exchange, &self.names.queue, body, copy).await
+        };
+        traced(&self.dead_letters, body, properties, published).await
     }
 
     async fn publish(
@@ -85,45 +117,29 @@ impl Republisher {
         copy: Fitted,
     ) -> Result<(), RepublishError> {
         if !copy.dropped.is_empty() {
-            log_dropped(&copy.dropped);
+            copy::log_dropped(&copy.dropped);
         }
-        let properties = copy.properties;
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
+        let to = Route {
+            exchange,
+            routing_key,
         };
-        let confirmed = async {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    options,
-                    body,
-                    properties,
-                )
-                .await
-                .map_err(RepublishError::Publish)?;
-            confirm.await.map_err(RepublishError::Publish)
-        };
-        match tokio::time::timeout(CONFIRM_TIMEOUT, confirmed).await {
-            // Acked and not returned: stored in a queue.
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(_)) => Err(RepublishError::NotConfirmed),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(RepublishError::Timeout),
-        }
+        toolkit::publish_confirmed(&self.channel, to, body, copy.properties)
+            .await
+            .map_err(RepublishError::NotStored)
     }
 }
 
-/// One line for an operator: which headers a copy goes without. At most a
-/// few names are logged; `x-dropped-headers` on the copy has the rest.
-fn log_dropped(dropped: &[String]) {
-    const LOGGED: usize = 8;
-    let names: Vec<&str> = dropped.iter().take(LOGGED).map(String::as_str).collect();
-    tracing::warn!(
-        dropped = dropped.len(),
-        headers = %names.join(", "),
-        "left the largest headers out of the copy so that it fits the broker's frame"
-    );
+/// Publishes a copy under its send span, which records a failure.
+async fn traced(
+    destination: &Destination,
+    body: &[u8],
+    properties: &BasicProperties,
+    published: impl Future<Output = Result<(), RepublishError>>,
+) -> Result<(), RepublishError> {
+    let span = toolkit::copy_span(destination, body, properties);
+    let result = published.await;
+    if let Err(error) = &result {
+        span.failed(error.error_type());
+    }
+    result
 }

@@ -110,6 +110,27 @@ impl Broker {
         })
     }
 
+    /// Publishes straight into `env`'s dead-letter queue, through its
+    /// dead-letter exchange, as the daemon does (declare the topology first).
+    pub async fn dead_letter(
+        &self,
+        env: &super::TestEnv,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
+        let dlx = format!("{}.dlx", env.exchange);
+        self.publish(&dlx, &env.queue, body, properties).await;
+    }
+
+    /// Takes every message ready in `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<Received> {
+        let mut taken = Vec::new();
+        while let Some(message) = self.get(queue).await {
+            taken.push(message);
+        }
+        taken
+    }
+
     /// Messages ready in `queue`.
     pub async fn depth(&self, queue: &str) -> u32 {
         let declared = self

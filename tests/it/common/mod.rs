@@ -14,6 +14,7 @@
 
 pub mod broker;
 pub mod daemon;
+pub mod otlp;
 pub mod payment;
 pub mod tls;
 

@@ -255,7 +255,7 @@ fn check_daemon_healthcheck(daemon: &Value, errors: &mut Vec<String>) {
             "order-processor: healthcheck.test must be [CMD, {binary}, healthcheck], found {test:?}"
         ));
     }
-    let bound = order_processor::healthcheck::TIMEOUT.as_secs();
+    let bound = order_processor::commands::healthcheck::TIMEOUT.as_secs();
     let timeout = str_at(daemon, &["healthcheck", "timeout"]).and_then(duration_secs);
     if timeout.is_none_or(|t| t <= bound) {
         errors.push(format!(

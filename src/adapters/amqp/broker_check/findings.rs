@@ -347,5 +347,5 @@ pub fn assess(observed: &Observed, limits: &Limits) -> Assessment {
 }
 
 #[cfg(test)]
-#[path = "findings_tests.rs"]
+#[path = "findings_tests/mod.rs"]
 mod tests;

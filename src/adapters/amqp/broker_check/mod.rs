@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use self::findings::{Assessment, DeliveryLimit, Finding, Limits, Observed, longest_hold};
 use self::management::Management;
 use super::ConsumerSettings;
-use super::republish::CONFIRM_TIMEOUT;
+use super::toolkit::CONFIRM_TIMEOUT;
 use crate::config::Secret;
 
 /// What the check needs beyond the consumer's own settings.

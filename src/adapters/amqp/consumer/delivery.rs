@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use lapin::message::Delivery;
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt as _};
+use opentelemetry::trace::{SpanBuilder, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 use tokio_util::sync::CancellationToken;
 
@@ -16,8 +16,9 @@ use crate::disposition::{Disposition, ErrorKind, Intake};
 use crate::domain::{OrderRepository, PaymentProvider};
 use crate::intake::{Admission, Observed};
 use crate::metrics::Outcome;
-use crate::telemetry;
-use crate::usecase::ProcessError;
+use crate::telemetry::messaging::{self, ORDER_ID, Settle};
+use crate::telemetry::{self, Step};
+use crate::usecase::{ProcessError, ProcessOrder, Processed};
 
 /// Processes one delivery and settles it, inside its consumer span. A
 /// delivery held because of an outage goes back to the session's `held`
@@ -55,7 +56,7 @@ pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
             let result = tokio::select! {
                 biased;
                 () = interrupt.cancelled() => Err(ProcessError::Interrupted),
-                result = session.usecase.execute(&delivery.data, trace_id).with_context(order.clone()) => result,
+                result = run(session, &delivery.data, trace_id).with_context(order.clone()) => result,
             };
             let paused = session.intake.observe(admission, Observed::of(&result));
             let intake = if paused { Intake::Paused } else { Intake::Open };
@@ -67,18 +68,13 @@ pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
         .with_context(order.clone())
         .await;
 
-    let span = order.span();
     let (outcome, kind) = match settled {
         Settled::Done(outcome, kind) => (outcome_name(outcome), kind),
         Settled::Held => ("held", None),
     };
-    span.set_attribute(KeyValue::new("messaging.rabbitmq.outcome", outcome));
-    if let Some(error) = &failure {
-        let kind = kind.map_or(outcome, ErrorKind::as_str);
-        span.set_attribute(KeyValue::new("error.type", kind));
-        span.set_status(Status::error(error.clone()));
-    }
-    span.end();
+    let error = failure.map(|error| (kind.map_or(outcome, ErrorKind::as_str), error));
+    messaging::finish_process(&order, outcome, error);
+    order.span().end();
     session.metrics.in_flight().dec();
     match settled {
         Settled::Done(outcome, kind) => session.metrics.delivery_settled(
@@ -91,50 +87,40 @@ pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
     }
 }
 
+/// The use case's two steps, the first under a span of its own; the
+/// order's id goes on the process span once it is known.
+async fn run<P: PaymentProvider, R: OrderRepository>(
+    session: &Session<P, R>,
+    body: &[u8],
+    trace_id: Option<String>,
+) -> Result<Processed, ProcessError> {
+    let validate = Step::start("validate", || SpanBuilder::from_name("validate"));
+    let order = validate.run_now(|| ProcessOrder::<P, R>::validate(body))?;
+    drop(validate);
+    Context::map_current(|process| {
+        let id = KeyValue::new(ORDER_ID, order.id().to_string());
+        process.span().set_attribute(id);
+    });
+    session.usecase.process(order, trace_id).await
+}
+
 /// The consumer span, a child of the publisher's span when the message
 /// carries a `traceparent` (OpenTelemetry messaging conventions), as the
 /// order's context.
 fn consumer_span<P, R>(session: &Session<P, R>, delivery: &Delivery, attempt: u32) -> Context {
     let properties = &delivery.properties;
     let parent = telemetry::extract(&HeaderExtractor(properties.headers().as_ref()));
-    let span = || consumer_span_builder(session, delivery, attempt);
+    let described = messaging::Delivery {
+        exchange: delivery.exchange.as_str(),
+        routing_key: delivery.routing_key.as_str(),
+        delivery_tag: delivery.delivery_tag,
+        body_size: delivery.data.len(),
+        message_id: properties.message_id().as_ref().map(|id| id.as_str()),
+        correlation_id: properties.correlation_id().as_ref().map(|id| id.as_str()),
+        attempt,
+    };
+    let span = || session.spans.builder(&described, &parent);
     session.tracer.start(span, "process", &parent)
-}
-
-fn consumer_span_builder<P, R>(
-    session: &Session<P, R>,
-    delivery: &Delivery,
-    attempt: u32,
-) -> SpanBuilder {
-    let properties = &delivery.properties;
-    // Room for the message id, and for what `handle` and the use case add
-    // later (order id, outcome, error type), so that none of them grows it.
-    let mut attributes = Vec::with_capacity(12);
-    attributes.extend([
-        KeyValue::new("messaging.system", "rabbitmq"),
-        KeyValue::new("messaging.operation.type", "process"),
-        KeyValue::new("messaging.operation.name", "process"),
-        KeyValue::new("messaging.destination.name", session.queue.clone()),
-        KeyValue::new(
-            "messaging.rabbitmq.destination.routing_key",
-            delivery.routing_key.to_string(),
-        ),
-        KeyValue::new(
-            "messaging.rabbitmq.message.delivery_tag",
-            i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
-        ),
-        KeyValue::new(
-            "messaging.message.body.size",
-            i64::try_from(delivery.data.len()).unwrap_or(i64::MAX),
-        ),
-        KeyValue::new("messaging.rabbitmq.attempt", i64::from(attempt)),
-    ]);
-    if let Some(id) = properties.message_id() {
-        attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
-    }
-    SpanBuilder::from_name(session.span_name.clone())
-        .with_kind(SpanKind::Consumer)
-        .with_attributes(attributes)
 }
 
 /// How carrying out a disposition ended.
@@ -158,7 +144,7 @@ async fn settle<P, R>(
     let tag = delivery.delivery_tag;
     match disposition {
         Disposition::Ack => {
-            session.settler.ack(tag).await;
+            ack(session, tag).await;
             Settled::Done(Outcome::Acked, None)
         }
         Disposition::LeaveUnacked => Settled::Done(Outcome::Requeued, None),
@@ -172,12 +158,12 @@ async fn settle<P, R>(
             match parked {
                 Ok(()) => {
                     tracing::info!(attempt, delay_ms = delay.as_millis(), %reason, "retrying later");
-                    session.settler.ack(tag).await;
+                    ack(session, tag).await;
                     Settled::Done(Outcome::Retried, kind)
                 }
                 Err(error) => {
                     tracing::warn!(%error, "could not park the message for a retry; requeueing it");
-                    session.settler.requeue(tag).await;
+                    requeue(session, tag).await;
                     Settled::Done(Outcome::Requeued, kind)
                 }
             }
@@ -196,17 +182,30 @@ async fn settle<P, R>(
             match moved {
                 Ok(()) => {
                     tracing::warn!(error.kind = kind.as_str(), %reason, attempt, "dead-lettered");
-                    session.settler.ack(tag).await;
+                    ack(session, tag).await;
                     Settled::Done(Outcome::DeadLettered, Some(kind))
                 }
                 Err(error) => {
                     tracing::warn!(%error, "could not dead-letter the message; requeueing it");
-                    session.settler.requeue(tag).await;
+                    requeue(session, tag).await;
                     Settled::Done(Outcome::Requeued, Some(kind))
                 }
             }
         }
     }
+}
+
+/// Acknowledges the delivery (with others, in one frame when it can), and
+/// says so on its process span.
+async fn ack<P, R>(session: &Session<P, R>, tag: u64) {
+    messaging::settled(Settle::Ack);
+    session.settler.ack(tag).await;
+}
+
+/// Gives the delivery back to the queue, and says so on its process span.
+async fn requeue<P, R>(session: &Session<P, R>, tag: u64) {
+    messaging::settled(Settle::Nack);
+    session.settler.requeue(tag).await;
 }
 
 fn outcome_name(outcome: Outcome) -> &'static str {

@@ -5,39 +5,41 @@
 //!
 //! Orders are generated (`--count`, `--invalid-ratio`) or read from a
 //! JSON-lines file. Confirms are awaited in a sliding window rather than
-//! one by one, so filling a queue for a benchmark is fast.
+//! one by one, so filling a queue for a benchmark is fast. Each order
+//! carries its publish time in the `timestamp` property.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, PublisherConfirm};
 use rand::Rng as _;
 use tokio::io::AsyncBufReadExt as _;
 use uuid::Uuid;
 
+use super::amqp_names;
+use super::output::note;
+use super::pace::{Pacer, Progress};
 use crate::adapters::amqp::headers::HeaderInjector;
-use crate::adapters::amqp::{self, AmqpError, Names, answered, topology};
+use crate::adapters::amqp::toolkit::{self, ConfirmError, Link, Route};
+use crate::adapters::amqp::{AmqpError, Names};
 use crate::cli::PublishArgs;
+use crate::config::Settings;
 use crate::domain::{OrderMessage, OrderMessageItem};
 use crate::telemetry;
 
 /// Confirms awaited at most this far behind the newest publish.
 const CONFIRM_WINDOW: usize = 1024;
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_COUNT: u64 = 10;
-/// Progress goes to stderr every this many messages.
-const PROGRESS_EVERY: u64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error(transparent)]
     Broker(#[from] AmqpError),
     #[error("could not publish: {0}")]
-    Publish(#[source] lapin::Error),
+    Publish(#[source] ConfirmError),
     #[error("could not read the orders file: {0}")]
     Read(#[source] std::io::Error),
     #[error("the broker did not confirm {0} message(s)")]
@@ -53,29 +55,27 @@ pub struct Summary {
     pub confirmed: u64,
 }
 
-pub async fn run(
-    url: &str,
-    names: &Names,
-    max_attempts: u32,
-    args: &PublishArgs,
-) -> Result<Summary, PublishError> {
-    let connection = amqp::connect(url, "order-processor publish").await?;
-    let channel = answered(connection.create_channel(), AmqpError::Channel).await?;
-    // Declaring first means nothing published now is dropped for want of a queue.
-    let declared = topology::declare(&channel, names, max_attempts);
-    answered(declared, AmqpError::Topology).await?;
-    let confirms = channel.confirm_select(ConfirmSelectOptions::default());
-    answered(confirms, AmqpError::Channel).await?;
-
+/// Publishes the orders `args` asks for and prints a line per order on
+/// stdout (unless `--quiet`) and the summary on stderr.
+pub async fn run(settings: &Settings, args: &PublishArgs) -> Result<Summary, PublishError> {
+    let names = amqp_names(settings);
+    let url = settings.amqp.url.expose();
+    let link = Link::open(
+        url,
+        "order-processor publish",
+        &names,
+        settings.retry.max_attempts,
+    )
+    .await?;
     let mut publisher = Publisher {
-        channel,
-        names,
+        channel: link.channel.clone(),
+        names: &names,
         pending: VecDeque::with_capacity(CONFIRM_WINDOW),
         summary: Summary::default(),
         unconfirmed: 0,
         quiet: args.quiet,
-        started: Instant::now(),
-        rate: args.rate,
+        pacer: Pacer::new(args.rate),
+        progress: Progress::new("published"),
         out: std::io::stdout().lock(),
     };
     match &args.file {
@@ -88,11 +88,13 @@ pub async fn run(
             }
         }
     }
-    let summary = publisher.finish().await?;
-    let closed = answered(connection.close(200, "done".into()), AmqpError::Channel);
-    if let Err(error) = closed.await {
-        tracing::debug!(%error, "connection already closed");
-    }
+    let summary = publisher.finish().await;
+    link.close(&[]).await;
+    let summary = summary?;
+    note(format_args!(
+        "published {} message(s), {} confirmed by the broker",
+        summary.published, summary.confirmed
+    ));
     Ok(summary)
 }
 
@@ -103,8 +105,8 @@ struct Publisher<'a> {
     summary: Summary,
     unconfirmed: u64,
     quiet: bool,
-    started: Instant,
-    rate: Option<f64>,
+    pacer: Pacer,
+    progress: Progress,
     out: std::io::StdoutLock<'static>,
 }
 
@@ -136,47 +138,33 @@ impl Publisher<'_> {
     }
 
     async fn publish(&mut self, order_id: Option<String>, body: &[u8]) -> Result<(), PublishError> {
-        self.pace().await;
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = %format_args!("publish {}", self.names.exchange),
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "send",
-            messaging.destination.name = %self.names.exchange,
-            messaging.rabbitmq.destination.routing_key = %self.names.routing_key,
-            messaging.message.id = order_id.as_deref().unwrap_or(""),
-        );
+        self.pacer.wait().await;
         let mut headers = FieldTable::default();
-        let _entered = span.enter();
-        telemetry::inject_current(&mut HeaderInjector(&mut headers));
-        let trace_id = telemetry::trace_id(&span).unwrap_or_default();
+        let send = telemetry::messaging::producer_span(
+            &telemetry::messaging::Destination::send(&self.names.exchange, &self.names.routing_key),
+            order_id.as_deref(),
+            body.len(),
+            telemetry::messaging::Creation::Inject(&mut HeaderInjector(&mut headers)),
+        );
+        let trace_id = send.trace_id().unwrap_or_default();
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
+            .with_timestamp(now())
             .with_headers(headers);
         if let Some(id) = &order_id {
             properties = properties.with_message_id(id.as_str().into());
         }
-        // Bounded: a broker that blocks publishers (a memory or disk alarm)
-        // is reported instead of waited for in silence.
-        let publish = self.channel.basic_publish(
-            self.names.exchange.as_str().into(),
-            self.names.routing_key.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        );
-        let confirm = answered(publish, PublishError::Publish).await?;
-        drop(_entered);
+        let to = Route {
+            exchange: &self.names.exchange,
+            routing_key: &self.names.routing_key,
+        };
+        let confirm = toolkit::send(&self.channel, to, body, properties)
+            .await
+            .map_err(PublishError::Publish)?;
+        drop(send);
         self.summary.published = self.summary.published.saturating_add(1);
-        if self.summary.published.is_multiple_of(PROGRESS_EVERY) {
-            // Progress is a courtesy; a closed stderr must not stop publishing.
-            let _ = writeln!(std::io::stderr(), "published {}…", self.summary.published);
-        }
+        self.progress.add();
         if !self.quiet {
             // stdout going away (a closed pipe) is no reason to stop publishing.
             let _ = writeln!(
@@ -192,28 +180,16 @@ impl Publisher<'_> {
         Ok(())
     }
 
-    /// Sleeps until the next message is due under `--rate`.
-    async fn pace(&self) {
-        let Some(rate) = self.rate else { return };
-        // A rate so low that the next message is due beyond `Duration::MAX`
-        // waits that long instead of overflowing.
-        let due = Duration::try_from_secs_f64(self.summary.published as f64 / rate)
-            .unwrap_or(Duration::MAX);
-        let elapsed = self.started.elapsed();
-        if let Some(wait) = due.checked_sub(elapsed) {
-            tokio::time::sleep(wait).await;
-        }
-    }
-
     async fn settle_oldest(&mut self) {
         let Some(confirm) = self.pending.pop_front() else {
             return;
         };
-        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-            Ok(Ok(Confirmation::Ack(None))) => {
-                self.summary.confirmed = self.summary.confirmed.saturating_add(1);
+        match toolkit::confirmed(confirm).await {
+            Ok(()) => self.summary.confirmed = self.summary.confirmed.saturating_add(1),
+            Err(error) => {
+                tracing::warn!(%error, "a published order was not confirmed");
+                self.unconfirmed = self.unconfirmed.saturating_add(1);
             }
-            _ => self.unconfirmed = self.unconfirmed.saturating_add(1),
         }
     }
 
@@ -221,17 +197,19 @@ impl Publisher<'_> {
         while !self.pending.is_empty() {
             self.settle_oldest().await;
         }
-        // Closed here rather than dropped: a dropped channel is closed in
-        // the background, and that close would race the connection's.
-        let closed = answered(self.channel.close(200, "done".into()), AmqpError::Channel);
-        if let Err(error) = closed.await {
-            tracing::debug!(%error, "channel already closed");
-        }
         if self.unconfirmed > 0 {
             return Err(PublishError::Unconfirmed(self.unconfirmed));
         }
         Ok(self.summary)
     }
+}
+
+/// Seconds since the epoch: the `timestamp` property, which `dlq
+/// --older-than` reads.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 #[derive(serde::Deserialize)]

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use super::CommandError;
+use crate::config::Settings;
+
 /// The longest the check waits for the daemon, connecting included.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -35,6 +38,12 @@ pub enum HealthcheckError {
     },
     #[error("could not build the HTTP client")]
     Client(#[source] reqwest::Error),
+}
+
+/// The command. It starts no telemetry: a probe run every few seconds must
+/// not log or export. Its only output is the error line when not ready.
+pub async fn run(settings: &Settings) -> Result<(), CommandError> {
+    Ok(check(settings.http.listen).await?)
 }
 
 /// The `/readyz` URL of a daemon listening on `listen`.

@@ -1,3 +1,6 @@
+//! `order-processor run`, the daemon (and what a bare `order-processor`
+//! does), with its logs as JSON lines on stdout.
+//!
 //! Wiring: the one place that knows every concrete type. It builds the
 //! adapters from the settings, hands them to the use case and the consumer,
 //! and runs until a signal asks it to stop.
@@ -8,7 +11,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::adapters::amqp::{AmqpConsumer, BrokerCheckSettings, ConsumerSettings, Names};
+use super::{CommandError, TELEMETRY_FLUSH, amqp_names};
+use crate::adapters::amqp::{AmqpConsumer, BrokerCheckSettings, ConsumerSettings};
 use crate::adapters::http_server::{HttpServer, HttpServerError};
 use crate::adapters::payment_http::{self, HttpPaymentProvider, PaymentClientError, PaymentLimits};
 use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
@@ -16,13 +20,13 @@ use crate::config::{ApiKey, Settings};
 use crate::health::Health;
 use crate::intake::{Intake, Watched};
 use crate::metrics::Metrics;
-use crate::telemetry::OrderTracer;
+use crate::telemetry::{LogTarget, OrderTracer, Telemetry};
 use crate::usecase::ProcessOrder;
 
 /// Why the daemon could not run. `Display` is the one line printed before
 /// exiting with code 1; it never shows a secret.
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub enum RunError {
     #[error(transparent)]
     Database(#[from] DatabaseError),
     #[error(transparent)]
@@ -39,25 +43,17 @@ const MIGRATE_RETRY: Duration = Duration::from_secs(2);
 const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(1);
 const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 
-pub fn names(settings: &Settings) -> Names {
-    Names {
-        exchange: settings.amqp.exchange.clone(),
-        routing_key: settings.amqp.routing_key.clone(),
-        queue: settings.amqp.queue.clone(),
-    }
-}
-
-/// Applies the migrations and exits (`order-processor migrate`).
-pub async fn migrate(settings: &Settings) -> Result<(), AppError> {
-    let url = settings.database.url.expose();
-    let pool = postgres::pool(url, 1)?;
-    postgres::migrate(url, &pool).await?;
-    pool.close().await;
-    Ok(())
+/// The command: starts telemetry, runs the daemon until it stops, then
+/// exports the traces still buffered.
+pub async fn run(settings: Settings) -> Result<(), CommandError> {
+    let telemetry = Telemetry::init("order-processor", LogTarget::Stdout)?;
+    let result = run_until_stopped(settings, telemetry.order_tracer()).await;
+    telemetry.shutdown(TELEMETRY_FLUSH);
+    Ok(result?)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError> {
+pub async fn run_until_stopped(settings: Settings, tracer: OrderTracer) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let stop = CancellationToken::new();
@@ -133,7 +129,7 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     let consumer = AmqpConsumer::new(
         ConsumerSettings {
             url: settings.amqp.url.expose().to_owned(),
-            names: names(&settings),
+            names: amqp_names(&settings),
             prefetch: settings.amqp.prefetch,
             concurrency,
             retry: settings.retry_policy(),
@@ -164,7 +160,7 @@ pub async fn run(settings: Settings, tracer: OrderTracer) -> Result<(), AppError
     http_stop.cancel();
     stop.cancel();
     finish(&background).await;
-    consumed.map_err(AppError::Consumer)?;
+    consumed.map_err(RunError::Consumer)?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -213,10 +209,10 @@ async fn finish(background: &TaskTracker) {
 fn stop_on_signal(
     stop: CancellationToken,
     health: Arc<Health>,
-) -> Result<impl Future<Output = ()> + Send + 'static, AppError> {
+) -> Result<impl Future<Output = ()> + Send + 'static, RunError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     Ok(async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
