@@ -61,14 +61,49 @@ const BATCH_LINGER: Duration = Duration::from_millis(2);
 pub enum DatabaseError {
     #[error("DATABASE_URL is not a valid PostgreSQL URL")]
     InvalidUrl(#[source] sqlx::Error),
-    #[error("could not connect to the database: {0}")]
+    #[error("could not connect to the database: {}", Said(.0))]
     Connect(#[source] sqlx::Error),
-    #[error("could not create the database: {0}")]
+    #[error("could not create the database: {}", Said(.0))]
     Create(#[source] sqlx::Error),
-    #[error("could not apply the migrations: {0}")]
+    #[error("could not apply the migrations: {}", SaidWhileMigrating(.0))]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("the database did not answer within {} s", ADMIN_TIMEOUT.as_secs())]
     Timeout,
+}
+
+/// A sqlx error as an operator reads it: what PostgreSQL said and its
+/// SQLSTATE, without the location in PostgreSQL's own source code that
+/// sqlx appends (`… at line 938`).
+struct Said<'a>(&'a sqlx::Error);
+
+impl std::fmt::Display for Said<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            sqlx::Error::Database(error) => match error.code() {
+                Some(code) => write!(f, "{} (SQLSTATE {code})", error.message()),
+                None => f.write_str(error.message()),
+            },
+            other => other.fmt(f),
+        }
+    }
+}
+
+/// A migration error, its PostgreSQL part as [`Said`] shows it.
+struct SaidWhileMigrating<'a>(&'a sqlx::migrate::MigrateError);
+
+impl std::fmt::Display for SaidWhileMigrating<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use sqlx::migrate::MigrateError;
+        match self.0 {
+            MigrateError::Execute(error) => {
+                write!(f, "while executing migrations: {}", Said(error))
+            }
+            MigrateError::ExecuteMigration(error, version) => {
+                write!(f, "while executing migration {version}: {}", Said(error))
+            }
+            other => other.fmt(f),
+        }
+    }
 }
 
 /// Builds a lazily connecting pool: the daemon starts even when the

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{CommandError, TELEMETRY_FLUSH, amqp_names};
-use crate::adapters::amqp::{AmqpConsumer, BrokerCheckSettings, ConsumerSettings};
+use crate::adapters::amqp::{
+    AmqpConsumer, BrokerCheckSettings, ConsumerSettings, effective_prefetch,
+};
 use crate::adapters::http_server::{HttpServer, HttpServerError};
 use crate::adapters::payment_http::{self, HttpPaymentProvider, PaymentClientError, PaymentLimits};
 use crate::adapters::postgres::{self, DatabaseError, PostgresOrders};
@@ -130,8 +132,9 @@ pub async fn run_until_stopped(settings: Settings, tracer: OrderTracer) -> Resul
         ConsumerSettings {
             url: settings.amqp.url.expose().to_owned(),
             names: amqp_names(&settings),
-            prefetch: settings.amqp.prefetch,
+            prefetch: prefetch(&settings),
             concurrency,
+            max_in_flight_bytes: settings.workers.max_in_flight_bytes,
             retry: settings.retry_policy(),
             redelivery_limit: settings.amqp.redelivery_limit,
             grace: Duration::from_millis(settings.shutdown.grace_ms),
@@ -163,6 +166,23 @@ pub async fn run_until_stopped(settings: Settings, tracer: OrderTracer) -> Resul
     consumed.map_err(RunError::Consumer)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The prefetch to ask of the broker: the configured one, lowered to what
+/// the byte budget holds of the largest bodies (said once, at start).
+fn prefetch(settings: &Settings) -> u16 {
+    let configured = settings.amqp.prefetch;
+    let budget = settings.workers.max_in_flight_bytes;
+    let effective = effective_prefetch(configured, budget);
+    if effective < configured {
+        tracing::info!(
+            configured,
+            effective,
+            max_in_flight_bytes = budget,
+            "amqp.prefetch lowered so that a full window of 64 KiB orders fits workers.max_in_flight_bytes"
+        );
+    }
+    effective
 }
 
 /// Applies the migrations, waiting (until `stop`) for a database that is

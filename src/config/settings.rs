@@ -33,6 +33,10 @@ pub struct WorkerSettings {
     /// follows the container's CPU limit).
     #[serde(default)]
     pub threads: usize,
+    /// Bytes of message bodies taken from the broker and not yet settled
+    /// before intake pauses; it also caps the prefetch (see
+    /// `adapters::amqp::effective_prefetch`).
+    pub max_in_flight_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

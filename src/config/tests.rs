@@ -56,6 +56,14 @@ fn an_out_of_range_value_names_its_key() {
 }
 
 #[test]
+fn the_byte_budget_holds_at_least_one_mebibyte() {
+    let error = load("workers.max_in_flight_bytes = 65536", &[]).unwrap_err();
+    assert_eq!(error.key, "workers.max_in_flight_bytes");
+    let settings = load("workers.max_in_flight_bytes = 1048576", &[]).unwrap();
+    assert_eq!(settings.workers.max_in_flight_bytes, 1 << 20);
+}
+
+#[test]
 fn a_value_of_the_wrong_type_names_its_key() {
     let error = load("amqp.prefetch = \"many\"", &[]).unwrap_err();
     assert_eq!(error.key, "amqp.prefetch");

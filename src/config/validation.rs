@@ -14,6 +14,14 @@ impl Settings {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         in_range("workers.concurrency", self.workers.concurrency, 1, 10_000)?;
         in_range("workers.threads", self.workers.threads, 0, 256)?;
+        // At least one largest body (1 MiB is 16 of them); at most what a
+        // semaphore of bytes counts (2 GiB).
+        in_range(
+            "workers.max_in_flight_bytes",
+            self.workers.max_in_flight_bytes,
+            1 << 20,
+            2 << 30,
+        )?;
         in_range("amqp.prefetch", self.amqp.prefetch, 1, u16::MAX)?;
         in_range("retry.max_attempts", self.retry.max_attempts, 1, 100)?;
         in_range("retry.max_delay_ms", self.retry.max_delay_ms, 1, 86_400_000)?;

@@ -135,6 +135,25 @@ async fn migrate_creates_the_orders_table_and_can_run_twice() {
     }
 }
 
+#[tokio::test]
+async fn a_failing_migration_says_what_postgresql_said_and_its_sqlstate_not_where_in_its_source() {
+    let env = TestEnv::new().await;
+    // A type named like the table: its row type cannot be created.
+    sqlx::query("CREATE TYPE orders AS ENUM ('placed')")
+        .execute(&env.db)
+        .await
+        .unwrap();
+    let output = order_processor(&["migrate"], &[("DATABASE_URL", &env.database_url())]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(r#"type "orders" already exists (SQLSTATE 42710)"#),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" at line "), "{stderr}");
+}
+
 #[test]
 fn an_unreachable_database_is_one_line_and_exit_1() {
     let output = order_processor(

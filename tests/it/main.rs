@@ -19,6 +19,7 @@ mod deploy_manifests;
 mod dlq;
 mod hostile;
 mod http_listener;
+mod memory;
 mod observability;
 mod order_decoding;
 mod outages;

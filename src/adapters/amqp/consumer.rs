@@ -3,7 +3,8 @@
 //!
 //! A session connects, opens a consuming channel (with the prefetch as QoS)
 //! and a publishing channel in confirm mode, declares the topology, and
-//! pulls deliveries only when a worker permit is free, so a slow payment
+//! pulls deliveries only when a worker permit is free and the bodies in
+//! flight are within the byte budget ([`budget`]), so a slow payment
 //! provider slows intake instead of growing memory. When the session dies
 //! (broker restart, closed connection, failed ack), deliveries of the dead
 //! channel are left to the broker to redeliver and a new session starts
@@ -11,6 +12,7 @@
 //! in-flight orders get the grace period to finish, the rest is left
 //! unacknowledged, and the connection is closed.
 
+mod budget;
 mod delivery;
 
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::budget::effective_prefetch;
+use self::budget::{BodyBytes, ByteBudget};
 use self::delivery::handle;
 use super::republish::Republisher;
 use super::settler::Settler;
@@ -44,8 +48,12 @@ use crate::usecase::ProcessOrder;
 pub struct ConsumerSettings {
     pub url: String,
     pub names: Names,
+    /// The prefetch asked of the broker, already fitted to the byte budget
+    /// ([`effective_prefetch`]).
     pub prefetch: u16,
     pub concurrency: usize,
+    /// Bytes of bodies taken and not yet settled before intake pauses.
+    pub max_in_flight_bytes: u64,
     pub retry: RetryPolicy,
     /// Deliveries of one message (`x-delivery-count`) after which it is
     /// dead-lettered unprocessed.
@@ -80,8 +88,9 @@ struct Session<P, R> {
     redelivery_limit: u32,
     intake: Arc<Intake>,
     /// Deliveries held during an outage, to be run again (they stay
-    /// unacknowledged on this session's channel, so at most `prefetch`).
-    held: mpsc::Sender<Delivery>,
+    /// unacknowledged on this session's channel, so at most `prefetch`),
+    /// each with its share of the byte budget.
+    held: mpsc::Sender<(Delivery, BodyBytes)>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -113,7 +122,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
     /// Consumes until `stop` is cancelled, reconnecting whenever the broker
     /// goes away. Returns once in-flight orders are settled or abandoned.
     pub async fn run(self, stop: CancellationToken) {
-        let pool = WorkerPool::new(self.settings.concurrency);
+        let pool = WorkerPool::new(self.settings.concurrency, self.settings.max_in_flight_bytes);
         let mut backoff = BACKOFF_MIN;
         let mut reconnecting = false;
         while !stop.is_cancelled() {
@@ -245,7 +254,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
                 },
             };
             let next = deliveries.next(stop, ack_failed, pool).await;
-            let (delivery, permit) = match next {
+            let (delivery, bytes, permit) = match next {
                 Ok(Some(next)) => next,
                 Ok(None) => {
                     self.intake.abandon(admission);
@@ -259,7 +268,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             let session = Arc::clone(&session);
             let interrupt = pool.interrupt.clone();
             pool.tasks.spawn(async move {
-                handle(&session, delivery, admission, &interrupt).await;
+                handle(&session, delivery, bytes, admission, &interrupt).await;
                 drop(permit);
             });
         }
@@ -270,18 +279,21 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
 /// first, then the broker's.
 struct Deliveries {
     consumer: lapin::Consumer,
-    held: mpsc::Receiver<Delivery>,
+    held: mpsc::Receiver<(Delivery, BodyBytes)>,
 }
 
 impl Deliveries {
-    /// The next delivery and the worker permit to run it with; `None` once
-    /// `stop` is cancelled.
+    /// The next delivery, its share of the byte budget and the worker
+    /// permit to run it with; `None` once `stop` is cancelled. A delivery
+    /// from the broker waits for its bytes before it is handed over, so
+    /// that intake pauses while the budget is spent; a held one kept its
+    /// share.
     async fn next(
         &mut self,
         stop: &CancellationToken,
         ack_failed: &CancellationToken,
         pool: &WorkerPool,
-    ) -> Result<Option<(Delivery, OwnedSemaphorePermit)>, AmqpError> {
+    ) -> Result<Option<(Delivery, BodyBytes, OwnedSemaphorePermit)>, AmqpError> {
         let permit = tokio::select! {
             biased;
             () = stop.cancelled() => return Ok(None),
@@ -293,32 +305,40 @@ impl Deliveries {
             biased;
             () = stop.cancelled() => return Ok(None),
             () = ack_failed.cancelled() => return Err(AmqpError::AckFailed),
-            Some(delivery) = self.held.recv() => Ok(delivery),
+            Some(held) = self.held.recv() => return Ok(Some((held.0, held.1, permit))),
             delivery = self.consumer.next() => match delivery {
                 Some(Ok(delivery)) => Ok(delivery),
                 Some(Err(error)) => Err(AmqpError::Channel(error)),
                 None => Err(AmqpError::ConsumerCancelled),
             },
         }?;
-        Ok(Some((delivery, permit)))
+        let bytes = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(None),
+            () = ack_failed.cancelled() => return Err(AmqpError::AckFailed),
+            bytes = pool.bytes.take(delivery.data.len()) => bytes,
+        };
+        Ok(Some((delivery, bytes, permit)))
     }
 }
 
 /// The order tasks, for the daemon's whole life: the orders of a session
-/// that died still run, and hold their permits, while the next session
-/// consumes, so `concurrency` bounds them all.
+/// that died still run, and hold their permits and bytes, while the next
+/// session consumes, so `concurrency` and the byte budget bound them all.
 struct WorkerPool {
     tasks: TaskTracker,
     permits: Arc<Semaphore>,
+    bytes: ByteBudget,
     /// Cancelled when the grace period is over: unfinished orders stop.
     interrupt: CancellationToken,
 }
 
 impl WorkerPool {
-    fn new(concurrency: usize) -> Self {
+    fn new(concurrency: usize, max_in_flight_bytes: u64) -> Self {
         Self {
             tasks: TaskTracker::new(),
             permits: Arc::new(Semaphore::new(concurrency)),
+            bytes: ByteBudget::new(max_in_flight_bytes),
             interrupt: CancellationToken::new(),
         }
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use lapin::{Connection, ConnectionProperties};
 
 pub use broker_check::BrokerCheckSettings;
-pub use consumer::{AmqpConsumer, ConsumerSettings};
+pub use consumer::{AmqpConsumer, ConsumerSettings, effective_prefetch};
 pub use topology::Names;
 
 /// How long connecting (TCP, TLS, AMQP handshake) may take.

@@ -11,6 +11,7 @@ use opentelemetry::{Context, KeyValue};
 use tokio_util::sync::CancellationToken;
 
 use super::Session;
+use super::budget::BodyBytes;
 use crate::adapters::amqp::headers::{self, HeaderExtractor};
 use crate::disposition::{Disposition, ErrorKind, Intake};
 use crate::domain::{OrderRepository, PaymentProvider};
@@ -22,10 +23,12 @@ use crate::usecase::{ProcessError, ProcessOrder, Processed};
 
 /// Processes one delivery and settles it, inside its consumer span. A
 /// delivery held because of an outage goes back to the session's `held`
-/// queue, to be run again once intake resumes.
+/// queue with its share of the byte budget, to be run again once intake
+/// resumes; any other gives its bytes back when it is settled.
 pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
     session: &Session<P, R>,
     delivery: Delivery,
+    bytes: BodyBytes,
     admission: Admission,
     interrupt: &CancellationToken,
 ) {
@@ -77,13 +80,17 @@ pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
     order.span().end();
     session.metrics.in_flight().dec();
     match settled {
-        Settled::Done(outcome, kind) => session.metrics.delivery_settled(
-            outcome,
-            kind.map_or("", ErrorKind::as_str),
-            started.elapsed(),
-        ),
-        // A closed queue means the session is over: the broker redelivers it.
-        Settled::Held => drop(session.held.send(delivery).await),
+        Settled::Done(outcome, kind) => {
+            drop(bytes);
+            session.metrics.delivery_settled(
+                outcome,
+                kind.map_or("", ErrorKind::as_str),
+                started.elapsed(),
+            );
+        }
+        // A closed queue means the session is over: the broker redelivers
+        // it, and the bytes are given back as the send's error is dropped.
+        Settled::Held => drop(session.held.send((delivery, bytes)).await),
     }
 }
 
