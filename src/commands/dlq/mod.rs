@@ -22,11 +22,14 @@ mod purge;
 mod replay;
 mod show;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
 use self::letter::DeadLetter;
-use crate::adapters::amqp::toolkit::{ConfirmError, Link};
+use crate::adapters::amqp::toolkit::{ConfirmError, Link, close_quietly};
 use crate::adapters::amqp::{AmqpError, Names, answered};
 use crate::cli::DlqCommand;
 use crate::commands::amqp_names;
@@ -84,7 +87,14 @@ pub struct Reader {
     link: Link,
     queue: String,
     left: u64,
+    /// Messages in the queue when the reader opened.
+    at_open: u32,
+    removed: AtomicU32,
 }
+
+/// How long [`Reader::close`] waits for the broker to take back what was
+/// read and not removed.
+const RETURN_WAIT: Duration = Duration::from_secs(5);
 
 impl Reader {
     pub async fn open(context: &Context, name: &str) -> Result<Self, DlqError> {
@@ -103,6 +113,8 @@ impl Reader {
             link,
             queue,
             left: u64::from(declared.message_count()),
+            at_open: declared.message_count(),
+            removed: AtomicU32::new(0),
         })
     }
 
@@ -134,7 +146,9 @@ impl Reader {
             .link
             .channel
             .basic_ack(letter.tag, BasicAckOptions::default());
-        answered(ack, DlqError::Read).await
+        answered(ack, DlqError::Read).await?;
+        self.removed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn queue(&self) -> &str {
@@ -147,8 +161,50 @@ impl Reader {
     }
 
     /// Closes the link: every message read and not removed returns to the
-    /// queue.
+    /// queue. The broker returns them a moment after the reading channel
+    /// closes; this waits (at most [`RETURN_WAIT`]) until the queue holds
+    /// them again, so that whatever runs next (another command, a count)
+    /// sees them.
     pub async fn close(self) {
-        self.link.close(&[]).await;
+        let expected = self
+            .at_open
+            .saturating_sub(self.removed.load(Ordering::Relaxed));
+        let Link {
+            connection,
+            channel,
+        } = self.link;
+        if let Err(error) = answered(channel.close(200, "done".into()), DlqError::Read).await {
+            tracing::debug!(%error, "channel already closed");
+        }
+        let probe = match answered(connection.create_channel(), DlqError::Read).await {
+            Ok(probe) => probe,
+            Err(error) => {
+                tracing::debug!(%error, "cannot wait for the dead letters' return");
+                close_quietly(&connection, &[]).await;
+                return;
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(RETURN_WAIT).unwrap_or(now);
+        loop {
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let declare =
+                probe.queue_declare(self.queue.as_str().into(), options, FieldTable::default());
+            match answered(declare, DlqError::Read).await {
+                Ok(declared) if declared.message_count() >= expected => break,
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot wait for the dead letters' return");
+                    break;
+                }
+            }
+        }
+        close_quietly(&connection, &[&probe]).await;
     }
 }

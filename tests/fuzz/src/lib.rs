@@ -683,7 +683,7 @@ mod tests {
     }
 
     /// The model against the kinds the hostile corpus is named after
-    /// (`malformed--…` or `invalid--…`, see tests/hostile.rs).
+    /// (`malformed--…` or `invalid--…`, see tests/it/hostile.rs).
     #[test]
     fn the_hostile_corpus_is_judged_as_named() {
         let hostile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hostile");
