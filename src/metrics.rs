@@ -25,7 +25,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The label's value, public so that every place naming an outcome
-    /// (the consumer span's `messaging.rabbitmq.outcome` too) spells it
+    /// (the process span's `order_processor.outcome` too) spells it
     /// the same way.
     pub fn as_str(self) -> &'static str {
         match self {

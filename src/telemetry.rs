@@ -205,7 +205,7 @@ enum Spans {
 
 /// What an order's context carries besides its span: the tracer of the
 /// child spans, and the span's name for the log lines written inside it.
-struct InOrder {
+struct OrderContext {
     tracer: OrderTracer,
     span_name: &'static str,
 }
@@ -222,7 +222,7 @@ impl OrderTracer {
         log_name: &'static str,
         parent: &Context,
     ) -> Context {
-        let in_order = InOrder {
+        let in_order = OrderContext {
             tracer: self.clone(),
             span_name: log_name,
         };
@@ -350,7 +350,7 @@ mod tests {
             assert_ne!(ids.span_id(), ids_of(&parent).span_id());
             assert!(ids.is_valid());
             assert_eq!(
-                context.get::<InOrder>().map(|o| o.span_name),
+                context.get::<OrderContext>().map(|o| o.span_name),
                 Some("process"),
                 "a step keeps the order's values"
             );

@@ -13,7 +13,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
-use order_processor::adapters::amqp::Names;
+use order_processor::adapters::amqp::TopologyNames;
 use order_processor::domain::OrderMessage;
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
@@ -199,7 +199,7 @@ pub async fn ack_only(
 pub async fn check(
     db: &PgPool,
     broker: &Connection,
-    names: &Names,
+    names: &TopologyNames,
     rows: usize,
 ) -> Res<Vec<String>> {
     let mut problems = Vec::new();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
-use order_processor::adapters::amqp::Names;
+use order_processor::adapters::amqp::TopologyNames;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::measure::Cpu;
@@ -17,7 +17,7 @@ use crate::{AMQP_URL, Context as _, POLL, POSTGRES, ROUTING_KEY, Res};
 
 /// Everything one run creates, so that all of it can be removed.
 pub struct World {
-    pub names: Names,
+    pub names: TopologyNames,
     pub ackonly: String,
     pub database: String,
     pub max_attempts: u32,
@@ -50,7 +50,7 @@ impl World {
     pub fn new() -> Self {
         let id = format!("{:08x}", rand::random::<u32>());
         Self {
-            names: Names {
+            names: TopologyNames {
                 exchange: format!("bench.{id}.orders"),
                 routing_key: ROUTING_KEY.to_owned(),
                 queue: format!("bench.{id}.process"),

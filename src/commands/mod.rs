@@ -19,7 +19,7 @@ pub mod run;
 
 use std::time::Duration;
 
-use crate::adapters::amqp::Names;
+use crate::adapters::amqp::TopologyNames;
 use crate::adapters::postgres::DatabaseError;
 use crate::config::{ConfigError, Settings};
 use crate::telemetry::TelemetryError;
@@ -73,8 +73,8 @@ impl CommandError {
 
 /// The broker names the daemon, `dlq` and `publish` derive from the
 /// configured exchange, routing key and queue.
-pub fn amqp_names(settings: &Settings) -> Names {
-    Names {
+pub fn amqp_names(settings: &Settings) -> TopologyNames {
+    TopologyNames {
         exchange: settings.amqp.exchange.clone(),
         routing_key: settings.amqp.routing_key.clone(),
         queue: settings.amqp.queue.clone(),

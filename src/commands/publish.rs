@@ -24,7 +24,7 @@ use super::output::note;
 use super::pace::{Pacer, Progress};
 use crate::adapters::amqp::headers::HeaderInjector;
 use crate::adapters::amqp::toolkit::{self, ConfirmError, Link, Route};
-use crate::adapters::amqp::{AmqpError, Names};
+use crate::adapters::amqp::{AmqpError, TopologyNames};
 use crate::cli::PublishArgs;
 use crate::config::Settings;
 use crate::domain::{OrderMessage, OrderMessageItem};
@@ -100,7 +100,7 @@ pub async fn run(settings: &Settings, args: &PublishArgs) -> Result<Summary, Pub
 
 struct Publisher<'a> {
     channel: lapin::Channel,
-    names: &'a Names,
+    names: &'a TopologyNames,
     pending: VecDeque<PublisherConfirm>,
     summary: Summary,
     unconfirmed: u64,

@@ -15,7 +15,7 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
-use super::{InOrder, LogTarget, ids};
+use super::{LogTarget, OrderContext, ids};
 
 /// The log layer, and the subscriber's only filter.
 ///
@@ -167,7 +167,7 @@ where
     );
     event.record(&mut JsonFields(&mut line));
     let in_order = Context::map_current(|current| {
-        let order = current.get::<InOrder>()?;
+        let order = current.get::<OrderContext>()?;
         let name = super::step::current_name().unwrap_or(order.span_name);
         Some((name, current.clone()))
     });

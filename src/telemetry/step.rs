@@ -17,7 +17,7 @@ use opentelemetry::Context;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::SpanBuilder;
 
-use super::InOrder;
+use super::OrderContext;
 
 thread_local! {
     /// The step whose work this thread is running, if any.
@@ -38,7 +38,7 @@ impl Step {
     /// context: unit tests, benchmarks) no span is made and the step runs
     /// in the current context.
     pub fn start(name: &'static str, span: impl FnOnce() -> SpanBuilder) -> Self {
-        let context = Context::map_current(|current| match current.get::<InOrder>() {
+        let context = Context::map_current(|current| match current.get::<OrderContext>() {
             Some(order) => order.tracer.child(span, current),
             None => current.clone(),
         });

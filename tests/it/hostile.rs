@@ -94,7 +94,7 @@ fn corpus_dir() -> PathBuf {
 }
 
 /// The kind a file or case name promises.
-fn kind_of(name: &str) -> &'static str {
+fn expected_kind(name: &str) -> &'static str {
     match name.split_once("--") {
         Some(("malformed", description)) if !description.is_empty() => "malformed",
         Some(("invalid", description)) if !description.is_empty() => "invalid",
@@ -146,7 +146,7 @@ fn cases() -> Vec<Case> {
         .chain(generated())
         .enumerate()
         .map(|(index, (name, body))| Case {
-            kind: kind_of(&name),
+            kind: expected_kind(&name),
             traceparent: format!(
                 "00-{:032x}-{:016x}-01",
                 0x4bf9_2f35_77b3_4da6_a3ce_0000_0000_0000_u128 + index as u128,

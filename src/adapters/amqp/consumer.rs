@@ -32,8 +32,8 @@ use self::delivery::handle;
 use super::republish::Republisher;
 use super::settler::Settler;
 use super::toolkit::Link;
-use super::topology::Names;
-use super::{AmqpError, answered};
+use super::topology::TopologyNames;
+use super::{AmqpError, within_answer_timeout};
 use crate::domain::{OrderRepository, PaymentProvider};
 use crate::health::Health;
 use crate::intake::Intake;
@@ -47,7 +47,7 @@ use crate::usecase::ProcessOrder;
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     pub url: String,
-    pub names: Names,
+    pub names: TopologyNames,
     /// The prefetch asked of the broker, already fitted to the byte budget
     /// ([`effective_prefetch`]).
     pub prefetch: u16,
@@ -80,7 +80,7 @@ struct Session<P, R> {
     tracer: OrderTracer,
     spans: Arc<ProcessSpans>,
     /// The topology's names, to tell a retry from a fresh message.
-    names: Names,
+    names: TopologyNames,
     metrics: Arc<Metrics>,
     settler: Settler,
     republisher: Republisher,
@@ -165,10 +165,11 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
         .await?;
         let connection = &link.connection;
         let publishing = link.channel.clone();
-        let consuming = answered(connection.create_channel(), AmqpError::Channel).await?;
+        let consuming =
+            within_answer_timeout(connection.create_channel(), AmqpError::Channel).await?;
         super::broker_check::spawn(settings, &pool.tasks, stop);
         let qos = consuming.basic_qos(settings.prefetch, BasicQosOptions::default());
-        answered(qos, AmqpError::Channel).await?;
+        within_answer_timeout(qos, AmqpError::Channel).await?;
 
         let ack_failed = CancellationToken::new();
         // The settler is tracked with the order tasks: it ends after the last
@@ -206,7 +207,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             BasicConsumeOptions::default(),
             FieldTable::default(),
         );
-        let consumer = answered(consume, AmqpError::Channel).await?;
+        let consumer = within_answer_timeout(consume, AmqpError::Channel).await?;
         let consumer_tag = consumer.tag();
         self.health.set_broker(true);
         if reconnecting {
@@ -219,14 +220,14 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             held: held_again,
         };
         let ended = self
-            .pump(deliveries, session, stop, &ack_failed, pool)
+            .take_deliveries(deliveries, session, stop, &ack_failed, pool)
             .await;
         ended?;
 
         // Stopping on purpose: no new deliveries, then let the orders finish.
         self.health.set_broker(false);
         let cancel = consuming.basic_cancel(consumer_tag, BasicCancelOptions::default());
-        if let Err(error) = answered(cancel, AmqpError::Channel).await {
+        if let Err(error) = within_answer_timeout(cancel, AmqpError::Channel).await {
             tracing::warn!(%error, "could not cancel the consumer");
         }
         pool.drain(settings.grace).await;
@@ -236,7 +237,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
 
     /// Hands deliveries to order tasks while intake is open (or a test of a
     /// failing dependency is due) and a worker permit is free.
-    async fn pump(
+    async fn take_deliveries(
         &self,
         mut deliveries: Deliveries,
         session: Arc<Session<P, R>>,

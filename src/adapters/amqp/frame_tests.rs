@@ -1,3 +1,6 @@
+//! Unit tests of the frame arithmetic: every copy the daemon publishes fits
+//! the negotiated `frame_max`, whatever the original headers hold.
+
 #![allow(
     clippy::unwrap_used,
     clippy::panic,

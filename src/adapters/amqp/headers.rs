@@ -8,12 +8,12 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use opentelemetry::propagation::{Extractor, Injector};
 
-use super::topology::Names;
+use super::topology::TopologyNames;
 
 pub const ATTEMPTS: &str = "x-attempts";
 pub const ERROR_KIND: &str = "x-error-kind";
 pub const ERROR_REASON: &str = "x-error-reason";
-/// Names the headers left out of a copy so that it fits the frame.
+/// TopologyNames the headers left out of a copy so that it fits the frame.
 pub const DROPPED_HEADERS: &str = "x-dropped-headers";
 /// The broker's record of a message's dead-letterings, newest first.
 pub const DEATHS: &str = "x-death";
@@ -61,7 +61,7 @@ impl Injector for HeaderInjector<'_> {
 /// retries, never lengthen them, and the clamp keeps the count a dead
 /// letter reports at `max_attempts` at most (a retry queue left from a
 /// larger `MAX_ATTEMPTS` counts the same way).
-pub fn attempt(properties: &BasicProperties, names: &Names, max_attempts: u32) -> u32 {
+pub fn attempt(properties: &BasicProperties, names: &TopologyNames, max_attempts: u32) -> u32 {
     let Some(headers) = properties.headers().as_ref() else {
         return 1;
     };
@@ -229,8 +229,8 @@ mod tests {
         assert_eq!(copy, all);
     }
 
-    fn names() -> Names {
-        Names {
+    fn names() -> TopologyNames {
+        TopologyNames {
             exchange: "orders".into(),
             routing_key: "order.created".into(),
             queue: "orders.process".into(),

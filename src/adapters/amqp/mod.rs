@@ -20,7 +20,7 @@ use lapin::{Connection, ConnectionProperties};
 
 pub use broker_check::BrokerCheckSettings;
 pub use consumer::{AmqpConsumer, ConsumerSettings, effective_prefetch};
-pub use topology::Names;
+pub use topology::TopologyNames;
 
 /// How long connecting (TCP, TLS, AMQP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,7 +50,7 @@ pub enum AmqpError {
 
 /// `request`, bounded by [`ANSWER_TIMEOUT`]: a broker that does not answer
 /// ends the session like one that refuses, instead of holding it forever.
-pub(crate) async fn answered<T, E: From<AmqpError>>(
+pub(crate) async fn within_answer_timeout<T, E: From<AmqpError>>(
     request: impl IntoFuture<Output = lapin::Result<T>>,
     failed: impl FnOnce(lapin::Error) -> E,
 ) -> Result<T, E> {

@@ -15,7 +15,7 @@ use lapin::{BasicProperties, Channel};
 use super::copy;
 use super::frame::{DoesNotFit, Fitted};
 use super::toolkit::{self, ConfirmError, Route};
-use super::topology::Names;
+use super::topology::TopologyNames;
 use crate::telemetry::messaging::{Destination, Server};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ impl RepublishError {
 #[derive(Clone)]
 pub struct Republisher {
     channel: Channel,
-    names: Names,
+    names: TopologyNames,
     /// The connection's negotiated frame size, which every copy fits.
     frame_max: u32,
     /// Where dead letters go, as their send spans name it.
@@ -52,7 +52,7 @@ pub struct Republisher {
 }
 
 impl Republisher {
-    pub fn new(channel: Channel, names: Names, frame_max: u32) -> Self {
+    pub fn new(channel: Channel, names: TopologyNames, frame_max: u32) -> Self {
         let dead_letters = Destination::send(&names.dead_letter_exchange(), &names.queue);
         Self {
             channel,

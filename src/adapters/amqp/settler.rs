@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{AmqpError, answered};
+use super::{AmqpError, within_answer_timeout};
 use crate::metrics::Metrics;
 
 /// How a delivery was settled by its worker.
@@ -105,7 +105,7 @@ async fn run(
                     multiple: false,
                     requeue: true,
                 };
-                answered(channel.basic_nack(tag, options), AmqpError::Channel).await?;
+                within_answer_timeout(channel.basic_nack(tag, options), AmqpError::Channel).await?;
             }
             ledger.record(settle);
         }
@@ -126,7 +126,7 @@ async fn send(channel: &Channel, frame: Frame, metrics: &Metrics) -> Result<(), 
         Frame::Single(tag) => (tag, false),
     };
     let ack = channel.basic_ack(tag, BasicAckOptions { multiple });
-    answered(ack, AmqpError::Channel).await?;
+    within_answer_timeout(ack, AmqpError::Channel).await?;
     metrics.ack_frame_sent(multiple);
     Ok(())
 }

@@ -12,8 +12,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 
 use super::headers::HeaderExtractor;
-use super::topology::{self, Names};
-use super::{AmqpError, answered, connect};
+use super::topology::{self, TopologyNames};
+use super::{AmqpError, connect, within_answer_timeout};
 use crate::telemetry::messaging::{self, Creation, Destination, SendSpan};
 
 /// How long the broker may take to confirm one published message. A broker
@@ -47,15 +47,16 @@ impl Link {
     pub async fn open(
         url: &str,
         name: &str,
-        names: &Names,
+        names: &TopologyNames,
         max_attempts: u32,
     ) -> Result<Self, AmqpError> {
         let connection = connect(url, name).await?;
-        let channel = answered(connection.create_channel(), AmqpError::Channel).await?;
+        let channel =
+            within_answer_timeout(connection.create_channel(), AmqpError::Channel).await?;
         let declared = topology::declare(&channel, names, max_attempts);
-        answered(declared, AmqpError::Topology).await?;
+        within_answer_timeout(declared, AmqpError::Topology).await?;
         let confirms = channel.confirm_select(ConfirmSelectOptions::default());
-        answered(confirms, AmqpError::Channel).await?;
+        within_answer_timeout(confirms, AmqpError::Channel).await?;
         Ok(Self {
             connection,
             channel,
@@ -81,12 +82,12 @@ impl Link {
 /// away) is no failure worth reporting when the work is done.
 pub async fn close_quietly(connection: &Connection, channels: &[&Channel]) {
     for channel in channels {
-        let closed = answered(channel.close(200, "done".into()), AmqpError::Channel);
+        let closed = within_answer_timeout(channel.close(200, "done".into()), AmqpError::Channel);
         if let Err(error) = closed.await {
             tracing::debug!(%error, "channel already closed");
         }
     }
-    let closed = answered(connection.close(200, "done".into()), AmqpError::Channel);
+    let closed = within_answer_timeout(connection.close(200, "done".into()), AmqpError::Channel);
     if let Err(error) = closed.await {
         tracing::debug!(%error, "connection already closed");
     }

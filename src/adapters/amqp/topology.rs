@@ -18,13 +18,13 @@ use lapin::{Channel, ExchangeKind};
 
 /// The names derived from the configured exchange and queue.
 #[derive(Debug, Clone)]
-pub struct Names {
+pub struct TopologyNames {
     pub exchange: String,
     pub routing_key: String,
     pub queue: String,
 }
 
-impl Names {
+impl TopologyNames {
     pub fn dead_letter_exchange(&self) -> String {
         format!("{}.dlx", self.exchange)
     }
@@ -57,7 +57,11 @@ fn durable() -> QueueDeclareOptions {
 }
 
 /// Declares everything; `max_attempts` decides how many retry queues exist.
-pub async fn declare(channel: &Channel, names: &Names, max_attempts: u32) -> lapin::Result<()> {
+pub async fn declare(
+    channel: &Channel,
+    names: &TopologyNames,
+    max_attempts: u32,
+) -> lapin::Result<()> {
     let exchange_options = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()

@@ -30,7 +30,7 @@ use lapin::types::FieldTable;
 
 use self::letter::DeadLetter;
 use crate::adapters::amqp::toolkit::{ConfirmError, Link, close_quietly};
-use crate::adapters::amqp::{AmqpError, Names, answered};
+use crate::adapters::amqp::{AmqpError, TopologyNames, within_answer_timeout};
 use crate::cli::DlqCommand;
 use crate::commands::amqp_names;
 use crate::config::Settings;
@@ -54,7 +54,7 @@ pub enum DlqError {
 /// Where the commands find the broker and the queues.
 pub struct Context {
     pub url: String,
-    pub names: Names,
+    pub names: TopologyNames,
     pub max_attempts: u32,
 }
 
@@ -108,7 +108,7 @@ impl Reader {
         let declare =
             link.channel
                 .queue_declare(queue.as_str().into(), options, FieldTable::default());
-        let declared = answered(declare, DlqError::Read).await?;
+        let declared = within_answer_timeout(declare, DlqError::Read).await?;
         Ok(Self {
             link,
             queue,
@@ -129,7 +129,7 @@ impl Reader {
             self.queue.as_str().into(),
             BasicGetOptions { no_ack: false },
         );
-        let Some(message) = answered(get, DlqError::Read).await? else {
+        let Some(message) = within_answer_timeout(get, DlqError::Read).await? else {
             return Ok(None);
         };
         let delivery = message.delivery;
@@ -146,7 +146,7 @@ impl Reader {
             .link
             .channel
             .basic_ack(letter.tag, BasicAckOptions::default());
-        answered(ack, DlqError::Read).await?;
+        within_answer_timeout(ack, DlqError::Read).await?;
         self.removed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -173,10 +173,12 @@ impl Reader {
             connection,
             channel,
         } = self.link;
-        if let Err(error) = answered(channel.close(200, "done".into()), DlqError::Read).await {
+        if let Err(error) =
+            within_answer_timeout(channel.close(200, "done".into()), DlqError::Read).await
+        {
             tracing::debug!(%error, "channel already closed");
         }
-        let probe = match answered(connection.create_channel(), DlqError::Read).await {
+        let probe = match within_answer_timeout(connection.create_channel(), DlqError::Read).await {
             Ok(probe) => probe,
             Err(error) => {
                 tracing::debug!(%error, "cannot wait for the dead letters' return");
@@ -193,7 +195,7 @@ impl Reader {
             };
             let declare =
                 probe.queue_declare(self.queue.as_str().into(), options, FieldTable::default());
-            match answered(declare, DlqError::Read).await {
+            match within_answer_timeout(declare, DlqError::Read).await {
                 Ok(declared) if declared.message_count() >= expected => break,
                 Ok(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;

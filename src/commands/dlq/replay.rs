@@ -58,7 +58,7 @@ async fn replay(
             done.left = done.left.saturating_add(1);
             continue;
         }
-        let copy = match copy::replay_copy(fresh_attempts(&letter.properties), frame_max) {
+        let copy = match copy::replay_copy(without_failure_headers(&letter.properties), frame_max) {
             Ok(copy) => copy,
             Err(error) => {
                 // Left in the queue (unacknowledged, so returned on close).
@@ -98,7 +98,7 @@ const FAILURE_HEADERS: [&str; 3] = [ERROR_KIND, ERROR_REASON, ATTEMPTS];
 /// The original properties without the failure headers (and without an
 /// expiration, long past by now), so the replayed message starts again at
 /// attempt 1 with its trace context intact.
-fn fresh_attempts(properties: &BasicProperties) -> BasicProperties {
+fn without_failure_headers(properties: &BasicProperties) -> BasicProperties {
     let kept: BTreeMap<_, _> = properties
         .headers()
         .as_ref()
@@ -132,7 +132,7 @@ mod tests {
                 (ATTEMPTS, text("4")),
             ],
         );
-        let fresh = fresh_attempts(&dead);
+        let fresh = without_failure_headers(&dead);
         let headers = fresh.headers().clone().unwrap_or_default();
         assert!(headers.contains_key("traceparent"));
         assert!(!headers.contains_key(ERROR_KIND));

@@ -7,7 +7,7 @@ use opentelemetry::trace::{Link, SpanBuilder, SpanKind, Status, TraceContextExt 
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_semantic_conventions::attribute as semconv;
 
-use super::super::{InOrder, context_trace_id, extract, inject};
+use super::super::{OrderContext, context_trace_id, extract, inject};
 use super::{Destination, PUBLISH, SYSTEM};
 
 /// Where the context of a published message comes from.
@@ -72,7 +72,7 @@ pub fn producer_span(
 /// A span under the current context: the order's tracer inside an order,
 /// the global one elsewhere.
 fn start(span: impl FnOnce() -> SpanBuilder) -> Context {
-    Context::map_current(|current| match current.get::<InOrder>() {
+    Context::map_current(|current| match current.get::<OrderContext>() {
         Some(order) => order.tracer.child(span, current),
         None => {
             let tracer = opentelemetry::global::tracer("order-processor");

@@ -29,7 +29,7 @@ use lapin::types::{
     AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
 };
 use libfuzzer_sys::fuzz_target;
-use order_processor::adapters::amqp::Names;
+use order_processor::adapters::amqp::TopologyNames;
 use order_processor::adapters::amqp::copy::{
     MAX_REASON_BYTES, dead_letter_copy, replay_copy, retry_copy,
 };
@@ -50,8 +50,8 @@ const QUEUE: &str = "orders.process";
 
 fuzz_target!(|data: &[u8]| check(data));
 
-fn names() -> Names {
-    Names {
+fn names() -> TopologyNames {
+    TopologyNames {
         exchange: "orders".into(),
         routing_key: "order.created".into(),
         queue: QUEUE.into(),
@@ -266,7 +266,7 @@ struct Recipe<'a> {
     budget: usize,
 }
 
-/// Names the daemon or the broker give meaning to, and some others.
+/// TopologyNames the daemon or the broker give meaning to, and some others.
 const NAMES: [&str; 16] = [
     "x-death",
     "x-attempts",

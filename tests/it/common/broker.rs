@@ -151,7 +151,7 @@ impl Broker {
     /// Declares the daemon's topology for `env`, as the daemon itself would,
     /// so that orders can be published before it starts.
     pub async fn declare(&self, env: &super::TestEnv) {
-        let names = order_processor::adapters::amqp::Names {
+        let names = order_processor::adapters::amqp::TopologyNames {
             exchange: env.exchange.clone(),
             routing_key: env.routing_key.clone(),
             queue: env.queue.clone(),

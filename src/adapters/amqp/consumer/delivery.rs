@@ -72,7 +72,7 @@ pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
         .await;
 
     let (outcome, kind) = match settled {
-        Settled::Done(outcome, kind) => (outcome_name(outcome), kind),
+        Settled::Done(outcome, kind) => (outcome.as_str(), kind),
         Settled::Held => ("held", None),
     };
     let error = failure.map(|error| (kind.map_or(outcome, ErrorKind::as_str), error));
@@ -213,13 +213,4 @@ async fn ack<P, R>(session: &Session<P, R>, tag: u64) {
 async fn requeue<P, R>(session: &Session<P, R>, tag: u64) {
     messaging::settled(Settle::Nack);
     session.settler.requeue(tag).await;
-}
-
-fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Acked => "acked",
-        Outcome::Retried => "retried",
-        Outcome::DeadLettered => "dead_lettered",
-        Outcome::Requeued => "requeued",
-    }
 }
