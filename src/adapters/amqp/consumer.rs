@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::budget::effective_prefetch;
 use self::budget::{BodyBytes, ByteBudget};
-use self::delivery::handle;
+use self::delivery::process_delivery;
 use super::republish::Republisher;
 use super::settler::Settler;
 use super::toolkit::Link;
@@ -269,7 +269,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             let session = Arc::clone(&session);
             let interrupt = pool.interrupt.clone();
             pool.tasks.spawn(async move {
-                handle(&session, delivery, bytes, admission, &interrupt).await;
+                process_delivery(&session, delivery, bytes, admission, &interrupt).await;
                 drop(permit);
             });
         }

@@ -25,7 +25,7 @@ use crate::usecase::{ProcessError, ProcessOrder, Processed};
 /// delivery held because of an outage goes back to the session's `held`
 /// queue with its share of the byte budget, to be run again once intake
 /// resumes; any other gives its bytes back when it is settled.
-pub(super) async fn handle<P: PaymentProvider, R: OrderRepository>(
+pub(super) async fn process_delivery<P: PaymentProvider, R: OrderRepository>(
     session: &Session<P, R>,
     delivery: Delivery,
     bytes: BodyBytes,
