@@ -68,6 +68,8 @@ pub struct AmqpConsumer<P, R> {
     tracer: OrderTracer,
     /// What every process span shares, made once for the daemon's life.
     spans: Arc<ProcessSpans>,
+    /// The broker, as spans name it (read from the URL once).
+    server: Option<Server>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// Paused while a dependency is down; outlives the broker sessions.
@@ -107,9 +109,15 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
     ) -> Self {
         let names = &settings.names;
         let server = broker_server(&settings.url);
-        let spans = ProcessSpans::new(&names.exchange, &names.routing_key, &names.queue, server);
+        let spans = ProcessSpans::new(
+            &names.exchange,
+            &names.routing_key,
+            &names.queue,
+            server.clone(),
+        );
         Self {
             spans: Arc::new(spans),
+            server,
             settings,
             usecase,
             tracer,
@@ -195,7 +203,7 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
                 settings.names.clone(),
                 link.frame_max(),
             )
-            .at(broker_server(&settings.url)),
+            .at(self.server.clone()),
             retry: settings.retry,
             redelivery_limit: settings.redelivery_limit,
             intake: Arc::clone(&self.intake),

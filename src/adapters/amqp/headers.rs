@@ -134,6 +134,23 @@ pub fn as_count(value: &AMQPValue) -> Option<u64> {
     }
 }
 
+/// The headers of `properties` but those `dropped` names; none when none
+/// are left.
+pub fn headers_without(
+    properties: &BasicProperties,
+    dropped: impl Fn(&str) -> bool,
+) -> Option<FieldTable> {
+    let kept: std::collections::BTreeMap<ShortString, AMQPValue> = properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .iter()
+        .filter(|(name, _)| !dropped(name.as_str()))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    (!kept.is_empty()).then(|| kept.into())
+}
+
 /// The properties without `expiration`, everything else as it was. A copy
 /// kept for later (a dead letter) must not vanish when the publisher's TTL
 /// runs out, and a replayed one must not expire on arrival; the broker

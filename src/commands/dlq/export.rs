@@ -6,7 +6,6 @@
 //! queue, and a dead letter in both (written, not yet removed) is a
 //! duplicate that the order id makes harmless on import.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::Path;
@@ -16,7 +15,7 @@ use lapin::types::FieldTable;
 
 use super::letter::{DeadLetter, Filter};
 use super::{Context, DlqError, Reader, jsonl};
-use crate::adapters::amqp::headers::DELIVERY_COUNT;
+use crate::adapters::amqp::headers::{self, DELIVERY_COUNT};
 use crate::cli::{FilterArgs, RunArgs};
 use crate::commands::output::say;
 use crate::commands::pace::{Pacer, Progress};
@@ -138,14 +137,5 @@ impl Export {
 /// A table left empty is taken for none, the far more common case (the two
 /// cannot be told apart once the broker has added its count).
 fn without_redelivery(letter: &DeadLetter) -> Option<FieldTable> {
-    let kept: BTreeMap<_, _> = letter
-        .properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .iter()
-        .filter(|(name, _)| name.as_str() != DELIVERY_COUNT)
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect();
-    (!kept.is_empty()).then(|| kept.into())
+    headers::headers_without(&letter.properties, |name| name == DELIVERY_COUNT)
 }

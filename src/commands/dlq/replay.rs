@@ -3,8 +3,6 @@
 //! attempt count, at most `--rate` a second. Each is removed from the
 //! dead-letter queue only after the broker confirmed its copy.
 
-use std::collections::BTreeMap;
-
 use lapin::BasicProperties;
 
 use super::letter::Filter;
@@ -99,22 +97,10 @@ const FAILURE_HEADERS: [&str; 3] = [ERROR_KIND, ERROR_REASON, ATTEMPTS];
 /// expiration, long past by now), so the replayed message starts again at
 /// attempt 1 with its trace context intact.
 fn without_failure_headers(properties: &BasicProperties) -> BasicProperties {
-    let kept: BTreeMap<_, _> = properties
-        .headers()
-        .as_ref()
-        .map(|headers| {
-            headers
-                .inner()
-                .iter()
-                .filter(|(name, _)| {
-                    let name = name.as_str();
-                    !FAILURE_HEADERS.contains(&name) && !BROKER_HISTORY.contains(&name)
-                })
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    headers::without_expiration(properties).with_headers(kept.into())
+    let kept = headers::headers_without(properties, |name| {
+        FAILURE_HEADERS.contains(&name) || BROKER_HISTORY.contains(&name)
+    });
+    headers::without_expiration(properties).with_headers(kept.unwrap_or_default())
 }
 
 #[cfg(test)]
