@@ -19,7 +19,9 @@
 //! 80 % of the drain rate, each followed by the same rate through the broker
 //! alone (publish→delivery to an ack-only consumer while the daemon is
 //! idle): the part of the latency that is the broker's and the publisher's
-//! on this machine, whatever the consumer. For (1) and (2) queues are filled before the
+//! on this machine, whatever the consumer; (5) the daemon's RSS over the
+//! whole run against that of a fresh idle daemon, with a provider that
+//! answers in 2 s and a quiet minute at the end (`memory`). For (1) and (2) queues are filled before the
 //! clock starts, so the publisher is not measured. Each run uses its own
 //! queues and a fresh database, and removes them at the end, also when it
 //! fails.
@@ -38,6 +40,7 @@
 
 pub mod broker;
 mod measure;
+mod memory;
 mod report;
 mod world;
 
@@ -53,6 +56,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::broker::{AckMode, Publisher, ack_only, check};
 use crate::measure::{measure_latency, reference_latency};
+use crate::memory::{QUIET, RssTimeline, slow_provider};
 use crate::report::Report;
 use crate::world::{World, create_database};
 
@@ -155,6 +159,9 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
     topology::declare(&admin, &world.names, config.max_attempts)
         .await
         .context("declare the daemon's topology")?;
+    // What the daemon holds with nothing to do, which the memory figures
+    // are compared with: a first daemon started on the empty queue.
+    let idle = world.idle_rss(&payment_url).await?;
     let mut orders = Publisher::open(&broker, &world.names.exchange, ROUTING_KEY).await?;
     orders.fill(n).await?;
     // The reference the daemon is compared with runs just before and just
@@ -164,7 +171,12 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
     let awaited = AckMode::EachAwaited;
     let ack_before = ack_only(&broker, ackonly, n, prefetch, awaited).await?;
     let daemon = world.start_daemon(&payment_url)?;
-    let drain = world.drain(&daemon, n).await?;
+    let rss = RssTimeline::start(world.pids().0.ok_or("the daemon has no pid")?, idle);
+    let drain = world.drain(&daemon, n, || {
+        rss.mark(&format!("draining {n} pre-filled orders"));
+    });
+    let drain = drain.await?;
+    rss.mark("idle while the ack-only consumer runs");
     let ack_after = ack_only(&broker, ackonly, n, prefetch, awaited).await?;
 
     let db = PgPoolOptions::new()
@@ -190,6 +202,11 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
             eprintln!("[load] latency at {label}: {rate:.0}/s for {length:?}");
         }
         let length = phase.length;
+        rss.mark(&if *overload {
+            "publishing at the drain rate".to_owned()
+        } else {
+            format!("publishing at {label}")
+        });
         let pids = world.pids();
         let row = measure_latency(&mut orders, &db, &daemon, pids, phase, expected);
         let mut row = row.await?;
@@ -208,6 +225,19 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
             latency.push(row);
         }
     }
+    if !smoke {
+        // The worker pool full three times over with charges that take 2 s.
+        let slow = 3 * usize::try_from(config.concurrency).context("concurrency")?;
+        let label = format!("{slow} orders that the provider answers in 2 s");
+        eprintln!("[load] memory: {label}");
+        rss.mark_series(&label, Some(Duration::from_secs(1)));
+        slow_provider(&mut orders, &daemon, slow, expected).await?;
+        expected += slow;
+        eprintln!("[load] memory: the daemon idle for {QUIET:?}");
+        rss.mark_series("the quiet minute after the last phase", Some(QUIET / 6));
+        tokio::time::sleep(QUIET).await;
+    }
+    let rss = rss.finish();
     problems.extend(check(&db, &broker, &world.names, expected).await?);
     let stopped = world.stop_daemon().await?;
     if stopped != Some(0) {
@@ -241,6 +271,7 @@ async fn bench(n: usize, smoke: bool, world: &mut World) -> Res<Report> {
         drain,
         sustained,
         latency,
+        rss,
         saved: expected,
         seq_scans,
         stopped,

@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use crate::measure::{Cpu, Reference, SLOW_WINDOW_MS, Windows};
+use crate::memory::RssReport;
 use crate::world::{Buckets, DaemonConfig, Scrape, StatementScrape, threads};
 
 pub struct AckOnly {
@@ -200,6 +201,8 @@ pub struct Report {
     /// Publishing at the drain rate: how fast the daemon commits meanwhile.
     pub sustained: Option<Latency>,
     pub latency: Vec<Latency>,
+    /// The daemon's resident memory over the run.
+    pub rss: RssReport,
     pub saved: usize,
     /// Sequential scans of `orders` over the whole run, and rows they read.
     pub seq_scans: (i64, i64),
@@ -355,6 +358,9 @@ impl Report {
                 per_order(c.sim),
                 per_order(c.client),
             );
+        }
+        for line in self.rss.lines() {
+            println!("{line}");
         }
         match self.stopped {
             Some(code) => println!("daemon stop on SIGTERM: exit {code}"),

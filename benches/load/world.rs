@@ -12,6 +12,7 @@ use order_processor::adapters::amqp::TopologyNames;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::measure::Cpu;
+use crate::memory::rss_kib;
 use crate::report::{AckFrames, Breakdown, Drain};
 use crate::{AMQP_URL, Context as _, POLL, POSTGRES, ROUTING_KEY, Res};
 
@@ -181,8 +182,6 @@ impl World {
         }
     }
 
-    /// Times the daemon from its first `/readyz` 200 (it consumes from then
-    /// on) until it has acked `n` orders, with the CPU spent meanwhile.
     /// The process ids of the daemon and payment-sim.
     pub fn pids(&self) -> (Option<u32>, Option<u32>) {
         (
@@ -191,15 +190,44 @@ impl World {
         )
     }
 
-    pub async fn drain(&mut self, daemon: &Daemon, n: usize) -> Res<Drain> {
-        let every = Duration::from_millis(10);
+    /// Starts a daemon, waits until it is ready and has sat idle for 2 s,
+    /// reads its RSS (KiB) and stops it.
+    pub async fn idle_rss(&mut self, payment_url: &str) -> Res<u64> {
+        let daemon = self.start_daemon(payment_url)?;
+        self.until_ready(&daemon, Duration::from_millis(50)).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pid = self.pids().0.ok_or("the daemon has no pid")?;
+        let kib = rss_kib(pid).ok_or("could not read the daemon's RSS")?;
+        match self.stop_daemon().await? {
+            Some(0) => Ok(kib),
+            other => Err(format!("the idle daemon's exit on SIGTERM was {other:?}")),
+        }
+    }
+
+    /// Polls `/readyz` every `every` until it answers 200 (60 s at most).
+    async fn until_ready(&mut self, daemon: &Daemon, every: Duration) -> Res<()> {
         let ready = poll_until(Duration::from_secs(60), every, async || {
             self.daemon_running()?;
             Ok(daemon.ready().await)
         });
-        if !ready.await? {
-            return Err("the daemon was not ready within 60 s".to_owned());
+        if ready.await? {
+            Ok(())
+        } else {
+            Err("the daemon was not ready within 60 s".to_owned())
         }
+    }
+
+    /// Times the daemon from its first `/readyz` 200 (it consumes from then
+    /// on) until it has acked `n` orders, with the CPU spent meanwhile.
+    /// `on_ready` is called as soon as it is ready, before the clock starts.
+    pub async fn drain(
+        &mut self,
+        daemon: &Daemon,
+        n: usize,
+        on_ready: impl FnOnce(),
+    ) -> Res<Drain> {
+        self.until_ready(daemon, Duration::from_millis(10)).await?;
+        on_ready();
         let pids = self.pids();
         let (cpu, started) = (Cpu::sample(pids.0, pids.1), Instant::now());
         let limit = Duration::from_secs(60) + Duration::from_millis(2 * n as u64);
