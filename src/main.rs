@@ -24,6 +24,8 @@ use order_processor::telemetry::{LogTarget, Telemetry};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before the allocator has touched more than a page or two.
+    let small_pages = run::keep_pages_small();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return usage(&error),
@@ -47,7 +49,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli.command.unwrap_or(Command::Run), settings)) {
+    match runtime.block_on(dispatch(
+        cli.command.unwrap_or(Command::Run),
+        settings,
+        small_pages,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => failed(&error),
     }
@@ -78,9 +84,13 @@ fn usage(error: &clap::Error) -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command, settings: Settings) -> Result<(), CommandError> {
+async fn dispatch(
+    command: Command,
+    settings: Settings,
+    small_pages: std::io::Result<()>,
+) -> Result<(), CommandError> {
     match command {
-        Command::Run => run::run(settings).await,
+        Command::Run => run::run(settings, small_pages).await,
         Command::Migrate => migrate::run(&settings).await,
         Command::CheckConfig => check_config::run(&settings),
         Command::Healthcheck => healthcheck::run(&settings).await,

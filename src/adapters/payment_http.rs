@@ -43,6 +43,10 @@ use crate::telemetry;
 
 /// Larger answers are not read: a charge answer is a few dozen bytes.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// A connection unused for this long is closed, with its buffers. A burst
+/// opens one per charge in flight (hundreds); once it has drained, the few
+/// that steady traffic keeps busy stay open and the others go.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentClientError {
@@ -100,7 +104,8 @@ impl HttpPaymentProvider {
     /// With `api_key`, every charge carries it as a bearer token. With
     /// `max_in_flight`, that many charges are sent at a time (at least
     /// one) and the others wait for their turn. Every connection opened is
-    /// kept alive, so that no charge waits for a handshake.
+    /// kept alive while it is in use, so that no charge waits for a
+    /// handshake.
     pub fn new(
         base_url: &str,
         api_key: Option<&str>,
@@ -138,7 +143,7 @@ impl HttpPaymentProvider {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(max_in_flight.unwrap_or(usize::MAX))
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .tcp_nodelay(true)
             // HTTP/1.1 even to a provider that offers HTTP/2: one HTTP/2
             // connection carries every charge, and its stream limit (often

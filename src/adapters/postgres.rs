@@ -42,6 +42,10 @@ const MAX_BATCH: usize = 1000;
 /// A pooled connection idle for longer is pinged before it is used: under
 /// load, connections are used again within milliseconds.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+/// A pooled connection unused for this long is closed, with the buffers a
+/// large batch grew in it: after a burst the pool shrinks to what the
+/// traffic uses (sqlx's own default is 10 minutes).
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
 /// Connecting to check for (or create) the database.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Two statements of each kind at a time: while one runs (and waits for its
@@ -129,6 +133,7 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DatabaseError> {
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(IDLE_CONNECTION_TIMEOUT)
         // sqlx pings every connection it takes back (which finds one that
         // broke while in use), and by default again before handing it out:
         // a round trip more for every batch statement. Only a connection

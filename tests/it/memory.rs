@@ -1,7 +1,8 @@
 //! Memory bounded in bytes: orders of the largest size the contract admits
 //! (64 KiB), held by a provider that never answers, keep the daemon within
 //! its byte budget (`workers.max_in_flight_bytes`), whatever the worker
-//! pool and the configured prefetch would allow.
+//! pool and the configured prefetch would allow; and the daemon keeps its
+//! pages small, so that what a burst freed can go back to the system.
 
 #![allow(
     clippy::unwrap_used,
@@ -165,5 +166,25 @@ async fn large_orders_held_by_a_hung_provider_stay_within_the_byte_budget() {
             .contains("amqp.prefetch lowered so that a full window of 64 KiB orders fits"),
         "no line said the prefetch was lowered:\n{}",
         daemon.logs()
+    );
+}
+
+/// A 2 MiB transparent huge page stays resident while any byte of it is
+/// used, which kept a burst's memory after it had drained: the daemon turns
+/// them off for itself, whatever the machine's setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_without_transparent_huge_pages() {
+    let env = TestEnv::new().await;
+    let provider = PaymentStub::start(|_, _| 201).await;
+    let daemon = Daemon::start(&env, &provider.url, &[]).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .expect("the kernel reports THP_enabled (Linux 5.0 and later)");
+    assert_eq!(
+        thp.trim(),
+        "0",
+        "transparent huge pages are on for the daemon"
     );
 }

@@ -157,10 +157,16 @@ async fn settle<P, R>(
         Disposition::LeaveUnacked => Settled::Done(Outcome::Requeued, None),
         Disposition::Hold => Settled::Held,
         Disposition::Retry { delay, reason } => {
-            let parked = session
-                .republisher
-                .retry(&delivery.data, &delivery.properties, attempt, delay)
-                .await;
+            // Boxed, as is the dead letter's: a publish's future is several
+            // KiB, which would otherwise make every order's task that much
+            // larger, to be copied when it is spawned, for a rare path.
+            let parked = Box::pin(session.republisher.retry(
+                &delivery.data,
+                &delivery.properties,
+                attempt,
+                delay,
+            ))
+            .await;
             let kind = Some(ErrorKind::Transient);
             match parked {
                 Ok(()) => {
@@ -176,16 +182,14 @@ async fn settle<P, R>(
             }
         }
         Disposition::DeadLetter { kind, reason } => {
-            let moved = session
-                .republisher
-                .dead_letter(
-                    &delivery.data,
-                    &delivery.properties,
-                    attempt,
-                    kind.as_str(),
-                    &reason,
-                )
-                .await;
+            let moved = Box::pin(session.republisher.dead_letter(
+                &delivery.data,
+                &delivery.properties,
+                attempt,
+                kind.as_str(),
+                &reason,
+            ))
+            .await;
             match moved {
                 Ok(()) => {
                     tracing::warn!(error.kind = kind.as_str(), %reason, attempt, "dead-lettered");
