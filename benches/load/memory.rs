@@ -6,11 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use order_processor::domain::OrderMessage;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
-use crate::broker::{Publisher, order};
+use crate::broker::Publisher;
 use crate::world::{Daemon, Scrape, poll_until};
-use crate::{POLL, Res};
+use crate::{Context as _, POLL, Res};
 
 const EVERY: Duration = Duration::from_millis(250);
 /// How long the daemon sits idle after its last phase before its memory
@@ -113,13 +115,12 @@ pub async fn slow_provider(
     daemon: &Daemon,
     orders: usize,
     acked_before: usize,
-) -> Res<Duration> {
-    let started = Instant::now();
+) -> Res<()> {
     for _ in 0..orders {
-        let (id, _) = order();
-        let mut message = order_processor::domain::OrderMessage::example(id);
+        let id = Uuid::new_v4();
+        let mut message = OrderMessage::example(id);
         SLOW_TOKEN.clone_into(&mut message.payment_token);
-        let body = message.to_json().unwrap_or_default();
+        let body = message.to_json().context("serialize a slow order")?;
         publisher.send(id, &body).await?;
     }
     publisher.flush().await?;
@@ -134,7 +135,7 @@ pub async fn slow_provider(
             "the daemon did not ack {orders} slow orders in {limit:?}"
         ));
     }
-    Ok(started.elapsed())
+    Ok(())
 }
 
 /// What the timeline recorded, by part of the run.
@@ -146,7 +147,7 @@ impl RssReport {
     }
 
     /// The last sample of the run.
-    pub fn last_kib(&self) -> Option<u64> {
+    fn last_kib(&self) -> Option<u64> {
         self.0.rss.last().map(|(_, kib)| *kib)
     }
 
