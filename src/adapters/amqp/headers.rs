@@ -13,7 +13,7 @@ use super::topology::TopologyNames;
 pub const ATTEMPTS: &str = "x-attempts";
 pub const ERROR_KIND: &str = "x-error-kind";
 pub const ERROR_REASON: &str = "x-error-reason";
-/// TopologyNames the headers left out of a copy so that it fits the frame.
+/// Names the headers left out of a copy so that it fits the frame.
 pub const DROPPED_HEADERS: &str = "x-dropped-headers";
 /// The broker's record of a message's dead-letterings, newest first.
 pub const DEATHS: &str = "x-death";

@@ -266,7 +266,7 @@ struct Recipe<'a> {
     budget: usize,
 }
 
-/// TopologyNames the daemon or the broker give meaning to, and some others.
+/// Names the daemon or the broker give meaning to, and some others.
 const NAMES: [&str; 16] = [
     "x-death",
     "x-attempts",
