@@ -293,10 +293,15 @@ impl Windows {
     }
 }
 
-/// CPU clock ticks of the processes taking part, children included.
+/// CPU clock ticks of the processes taking part, children included; of
+/// the daemon's, those of the AMQP client's I/O thread; and the daemon's
+/// context switches (each a thread that went to sleep or was preempted:
+/// the wake-ups it costs).
 #[derive(Clone, Copy)]
 pub struct Cpu {
     pub daemon: u64,
+    pub daemon_amqp_io: u64,
+    pub daemon_switches: u64,
     pub broker: u64,
     pub postgres: u64,
     pub sim: u64,
@@ -308,6 +313,8 @@ impl Cpu {
         let of = |pid: Option<u32>| pid.and_then(|pid| ticks(&pid.to_string())).unwrap_or(0);
         Self {
             daemon: of(daemon),
+            daemon_amqp_io: daemon.map_or(0, amqp_io_ticks),
+            daemon_switches: daemon.map_or(0, switches),
             sim: of(sim),
             client: ticks("self").unwrap_or(0),
             broker: ticks_of_all("beam.smp"),
@@ -318,6 +325,8 @@ impl Cpu {
     pub fn since(self, before: Self) -> Self {
         Self {
             daemon: self.daemon.saturating_sub(before.daemon),
+            daemon_amqp_io: self.daemon_amqp_io.saturating_sub(before.daemon_amqp_io),
+            daemon_switches: self.daemon_switches.saturating_sub(before.daemon_switches),
             broker: self.broker.saturating_sub(before.broker),
             postgres: self.postgres.saturating_sub(before.postgres),
             sim: self.sim.saturating_sub(before.sim),
@@ -335,6 +344,49 @@ fn ticks(pid: &str) -> Option<u64> {
     let (_, fields) = stat.rsplit_once(')')?;
     let mut fields = fields.split_whitespace().skip(11).take(4);
     fields.try_fold(0, |sum, field| Some(sum + field.parse::<u64>().ok()?))
+}
+
+/// The threads of `pid`, as their `/proc/<pid>/task/<tid>` folders.
+fn threads(pid: u32) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| tasks.flatten().map(|task| task.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Voluntary and involuntary context switches of every thread of `pid`,
+/// from `/proc/<pid>/task/*/status` (those of threads that have exited
+/// are not counted).
+fn switches(pid: u32) -> u64 {
+    threads(pid)
+        .iter()
+        .filter_map(|task| std::fs::read_to_string(task.join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// The CPU ticks of lapin's I/O thread (`lapin-io-loop`) in `pid`: frame
+/// parsing and the hand-over of deliveries and acks to and from the
+/// runtime.
+fn amqp_io_ticks(pid: u32) -> u64 {
+    threads(pid)
+        .iter()
+        .filter(|task| {
+            std::fs::read_to_string(task.join("comm"))
+                .is_ok_and(|comm| comm.trim().starts_with("lapin-io"))
+        })
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+            let (_, fields) = stat.rsplit_once(')')?;
+            let mut fields = fields.split_whitespace().skip(11).take(2);
+            fields.try_fold(0, |sum, field| Some(sum + field.parse::<u64>().ok()?))
+        })
+        .sum()
 }
 
 /// The machine's `(busy, total)` CPU ticks over all cores, from

@@ -281,9 +281,12 @@ impl Report {
         let [daemon, broker, postgres, sim] = parts;
         println!(
             "CPU per order: daemon {daemon:.0} µs, broker {broker:.0} µs, PostgreSQL {postgres:.0} µs, \
-             payment-sim {sim:.0} µs (sum {:.0} µs; {cores} cores offer {:.0} µs per order at this rate)",
+             payment-sim {sim:.0} µs (sum {:.0} µs; {cores} cores offer {:.0} µs per order at this rate); \
+             of the daemon's, its AMQP I/O thread {:.0} µs; {:.2} daemon context switches per order",
             parts.iter().sum::<f64>(),
-            cores as f64 * 1e6 / d.rate
+            cores as f64 * 1e6 / d.rate,
+            us(d.cpu.daemon_amqp_io),
+            d.cpu.daemon_switches as f64 / self.n.max(1) as f64,
         );
         println!("{}; {}", d.time, d.ack_frames);
         let (scans, rows) = self.seq_scans;
@@ -349,10 +352,12 @@ impl Report {
             let per_order = |ticks: u64| ticks as f64 * 1e6 / hz / l.sent.max(1) as f64;
             let c = &l.cpu;
             println!(
-                "    CPU per order at {}: daemon {:.0} µs, broker {:.0} µs, PostgreSQL {:.0} µs, \
-                 payment-sim {:.0} µs, publisher {:.0} µs",
+                "    CPU per order at {}: daemon {:.0} µs (AMQP I/O thread {:.0} µs; {:.2} context \
+                 switches), broker {:.0} µs, PostgreSQL {:.0} µs, payment-sim {:.0} µs, publisher {:.0} µs",
                 l.label,
                 per_order(c.daemon),
+                per_order(c.daemon_amqp_io),
+                c.daemon_switches as f64 / l.sent.max(1) as f64,
                 per_order(c.broker),
                 per_order(c.postgres),
                 per_order(c.sim),
