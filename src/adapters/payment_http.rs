@@ -78,7 +78,7 @@ pub struct HttpPaymentProvider {
 
 #[derive(Serialize)]
 struct ChargeRequest<'a> {
-    order_id: String,
+    order_id: &'a str,
     customer_id: &'a str,
     amount_minor: i64,
     currency: &'a str,
@@ -215,16 +215,17 @@ impl HttpPaymentProvider {
         // integers), but neither is assumed.
         let invalid = |_| unavailable(UnavailableReason::InvalidResponse, None);
         let id = order.id().to_string();
-        let key = HeaderValue::from_str(&id).map_err(invalid)?;
         let total = order.total();
         let body = serde_json::to_vec(&ChargeRequest {
-            order_id: id,
+            order_id: &id,
             customer_id: order.customer_id().as_str(),
             amount_minor: total.minor(),
             currency: total.currency().as_str(),
             payment_token: order.payment_token().expose(),
         })
         .map_err(|_| unavailable(UnavailableReason::InvalidResponse, None))?;
+        // The id's string becomes the header, without a copy.
+        let key = HeaderValue::try_from(id).map_err(invalid)?;
         let mut request = reqwest::Request::new(Method::POST, self.charges_url.clone());
         *request.body_mut() = Some(body.into());
         let headers = request.headers_mut();
@@ -310,11 +311,15 @@ impl PaymentProvider for HttpPaymentProvider {
 struct HeaderCarrier<'a>(&'a mut HeaderMap);
 
 impl opentelemetry::propagation::Injector for HeaderCarrier<'_> {
+    /// The trace context's two names are static, and the value's string
+    /// becomes the header without a copy: neither allocates per charge.
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        let name = match key {
+            "traceparent" => Ok(HeaderName::from_static("traceparent")),
+            "tracestate" => Ok(HeaderName::from_static("tracestate")),
+            other => HeaderName::from_bytes(other.as_bytes()),
+        };
+        if let (Ok(name), Ok(value)) = (name, HeaderValue::try_from(value)) {
             self.0.insert(name, value);
         }
     }

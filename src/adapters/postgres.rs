@@ -269,11 +269,14 @@ impl PostgresOrders {
         let options = pool.connect_options();
         let server = [
             KeyValue::new(semconv::DB_SYSTEM_NAME, "postgresql"),
-            KeyValue::new(semconv::SERVER_ADDRESS, options.get_host().to_owned()),
+            KeyValue::new(
+                semconv::SERVER_ADDRESS,
+                Arc::<str>::from(options.get_host()),
+            ),
             KeyValue::new(semconv::SERVER_PORT, i64::from(options.get_port())),
             KeyValue::new(
                 semconv::DB_NAMESPACE,
-                options.get_database().unwrap_or("postgres").to_owned(),
+                Arc::<str>::from(options.get_database().unwrap_or("postgres")),
             ),
         ];
         let lookup_pool = pool.clone();

@@ -23,6 +23,7 @@
 //!   acknowledgement frame itself is sent later, for many deliveries at once.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use opentelemetry::trace::{Link, SpanBuilder, SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue, StringValue};
@@ -76,13 +77,14 @@ pub struct Server([KeyValue; 2]);
 impl Server {
     pub fn new(host: &str, port: u16) -> Self {
         Self([
-            KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()),
+            KeyValue::new(semconv::SERVER_ADDRESS, Arc::<str>::from(host)),
             KeyValue::new(semconv::SERVER_PORT, i64::from(port)),
         ])
     }
 }
 
-/// Where messages go: the span name and the attributes that say so.
+/// Where messages go: the span name and the attributes that say so (their
+/// strings shared, so that each span copies them without allocating).
 #[derive(Debug, Clone)]
 pub struct Destination {
     span_name: Cow<'static, str>,
@@ -97,8 +99,8 @@ impl Destination {
         let name = send_destination(exchange, routing_key);
         Self {
             span_name: Cow::Owned(format!("{PUBLISH} {name}")),
-            name: name.into(),
-            routing_key: (!routing_key.is_empty()).then(|| routing_key.to_owned().into()),
+            name: Arc::<str>::from(name).into(),
+            routing_key: (!routing_key.is_empty()).then(|| Arc::<str>::from(routing_key).into()),
             server: None,
         }
     }
@@ -224,8 +226,8 @@ fn process(exchange: &str, routing_key: &str, queue: &str) -> Destination {
     let name = process_destination(exchange, routing_key, queue);
     Destination {
         span_name: Cow::Owned(format!("process {name}")),
-        name: name.into(),
-        routing_key: (!routing_key.is_empty()).then(|| routing_key.to_owned().into()),
+        name: Arc::<str>::from(name).into(),
+        routing_key: (!routing_key.is_empty()).then(|| Arc::<str>::from(routing_key).into()),
         server: None,
     }
 }

@@ -3,6 +3,8 @@
 //! info, query or fragment, so that no credential reaches a trace), the
 //! answer's status code, and an `error.type` on failure.
 
+use std::sync::Arc;
+
 use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_semantic_conventions::attribute as semconv;
@@ -22,7 +24,8 @@ pub(super) fn charge(shared: &[KeyValue]) -> SpanBuilder {
 
 /// The attributes of every charge span (OpenTelemetry HTTP client
 /// conventions): the method, the server, and the URL without user info,
-/// query or fragment, so that no credential can reach a trace.
+/// query or fragment, so that no credential can reach a trace. Their
+/// strings are shared, so that a charge copies them without allocating.
 pub(super) fn attributes(charges_url: &Url, host: &str) -> [KeyValue; 4] {
     let port = charges_url.port_or_known_default().unwrap_or_default();
     let explicit_port = charges_url
@@ -36,9 +39,9 @@ pub(super) fn attributes(charges_url: &Url, host: &str) -> [KeyValue; 4] {
     );
     [
         KeyValue::new(semconv::HTTP_REQUEST_METHOD, "POST"),
-        KeyValue::new(semconv::SERVER_ADDRESS, host.to_owned()),
+        KeyValue::new(semconv::SERVER_ADDRESS, Arc::<str>::from(host)),
         KeyValue::new(semconv::SERVER_PORT, i64::from(port)),
-        KeyValue::new(semconv::URL_FULL, url),
+        KeyValue::new(semconv::URL_FULL, Arc::<str>::from(url)),
     ]
 }
 
