@@ -339,11 +339,17 @@ impl Cpu {
 /// The children's part matters for PostgreSQL: a backend that exits during
 /// a phase was sampled alive before and is in the postmaster's cutime after.
 fn ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_ticks(&format!("/proc/{pid}/stat"), 4)
+}
+
+/// The sum of the first `fields` time fields (utime, stime, cutime,
+/// cstime) of a `stat` file, of a process or of one of its threads.
+fn stat_ticks(path: &str, fields: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Field 2, the command, may hold spaces; the fields after it cannot.
-    let (_, fields) = stat.rsplit_once(')')?;
-    let mut fields = fields.split_whitespace().skip(11).take(4);
-    fields.try_fold(0, |sum, field| Some(sum + field.parse::<u64>().ok()?))
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut times = rest.split_whitespace().skip(11).take(fields);
+    times.try_fold(0, |sum, field| Some(sum + field.parse::<u64>().ok()?))
 }
 
 /// The threads of `pid`, as their `/proc/<pid>/task/<tid>` folders.
@@ -357,22 +363,23 @@ fn threads(pid: u32) -> Vec<std::path::PathBuf> {
 /// from `/proc/<pid>/task/*/status` (those of threads that have exited
 /// are not counted).
 fn switches(pid: u32) -> u64 {
+    let of_thread = |status: String| -> u64 {
+        status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    };
     threads(pid)
         .iter()
         .filter_map(|task| std::fs::read_to_string(task.join("status")).ok())
-        .flat_map(|status| {
-            status
-                .lines()
-                .filter(|line| line.contains("ctxt_switches:"))
-                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
-        })
+        .map(of_thread)
         .sum()
 }
 
-/// The CPU ticks of lapin's I/O thread (`lapin-io-loop`) in `pid`: frame
-/// parsing and the hand-over of deliveries and acks to and from the
-/// runtime.
+/// The CPU ticks (utime and stime) of lapin's I/O thread
+/// (`lapin-io-loop`) in `pid`: frame parsing and the hand-over of
+/// deliveries and acks to and from the runtime.
 fn amqp_io_ticks(pid: u32) -> u64 {
     threads(pid)
         .iter()
@@ -380,12 +387,7 @@ fn amqp_io_ticks(pid: u32) -> u64 {
             std::fs::read_to_string(task.join("comm"))
                 .is_ok_and(|comm| comm.trim().starts_with("lapin-io"))
         })
-        .filter_map(|task| {
-            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
-            let (_, fields) = stat.rsplit_once(')')?;
-            let mut fields = fields.split_whitespace().skip(11).take(2);
-            fields.try_fold(0, |sum, field| Some(sum + field.parse::<u64>().ok()?))
-        })
+        .filter_map(|task| stat_ticks(&task.join("stat").to_string_lossy(), 2))
         .sum()
 }
 

@@ -97,8 +97,13 @@ impl Destination {
     /// Where `publish {exchange}:{routing key}` sends.
     pub fn send(exchange: &str, routing_key: &str) -> Self {
         let name = send_destination(exchange, routing_key);
+        Self::named(format!("{PUBLISH} {name}"), &name, routing_key)
+    }
+
+    /// A destination without its broker, its strings made shared once.
+    fn named(span_name: String, name: &str, routing_key: &str) -> Self {
         Self {
-            span_name: Cow::Owned(format!("{PUBLISH} {name}")),
+            span_name: Cow::Owned(span_name),
             name: Arc::<str>::from(name).into(),
             routing_key: (!routing_key.is_empty()).then(|| Arc::<str>::from(routing_key).into()),
             server: None,
@@ -224,12 +229,7 @@ impl ProcessSpans {
 /// The destination of a process span.
 fn process(exchange: &str, routing_key: &str, queue: &str) -> Destination {
     let name = process_destination(exchange, routing_key, queue);
-    Destination {
-        span_name: Cow::Owned(format!("process {name}")),
-        name: Arc::<str>::from(name).into(),
-        routing_key: (!routing_key.is_empty()).then(|| Arc::<str>::from(routing_key).into()),
-        server: None,
-    }
+    Destination::named(format!("process {name}"), &name, routing_key)
 }
 
 impl Destination {
