@@ -20,7 +20,7 @@
 //! wrapper over the system allocator (a wrapper of our own would need
 //! `unsafe`, which the crate forbids). The counts do not depend on the
 //! allocator, but the nanoseconds do: they are those of glibc malloc, not of
-//! the mimalloc the daemon runs on (`src/main.rs`), and include the
+//! the jemalloc the daemon runs on (`src/main.rs`), and include the
 //! wrapper's atomic counters, about 10 ns per allocation (on one run,
 //! `charged` took 1.03 µs counted and 0.88 µs with the
 //! `#[global_allocator]` line removed).

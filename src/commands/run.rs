@@ -66,8 +66,9 @@ pub async fn run(settings: Settings, small_pages: std::io::Result<()>) -> Result
 /// with them, the daemon held 40 MiB idle instead of 25, and after a burst
 /// kept about twice that for good (the load benchmark prints both). With
 /// 4 KiB pages, what a burst freed goes back to the system. The allocator
-/// is built not to ask for huge pages (mimalloc's `no_thp`); this also keeps
-/// the kernel from giving them unasked (`transparent_hugepage=always`).
+/// does not ask for huge pages (jemalloc's `thp` and `metadata_thp` stay at
+/// their defaults); this also keeps the kernel from giving them unasked
+/// (`transparent_hugepage=always`).
 pub fn keep_pages_small() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     rustix::thread::disable_transparent_huge_pages(true)?;
