@@ -18,11 +18,11 @@ use order_processor::config::Settings;
 use order_processor::telemetry::{LogTarget, Telemetry};
 
 /// Every order allocates and frees many small buffers on several threads;
-/// jemalloc's thread caches make that cheaper than the system allocator,
-/// and its background threads return what a burst freed to the system
-/// within seconds (dirty pages decay over 10 s), whichever thread freed it
-/// and whether or not that thread allocates again. `_RJEM_MALLOC_CONF`
-/// tunes it (jemalloc's `MALLOC_CONF` under this build's symbol prefix).
+/// jemalloc serves them from per-thread caches, and its background threads
+/// return what a burst freed to the system within seconds (dirty pages
+/// decay over 10 s), whichever thread freed it and whether or not that
+/// thread allocates again. `_RJEM_MALLOC_CONF` tunes it (jemalloc's
+/// `MALLOC_CONF` under this build's symbol prefix).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
