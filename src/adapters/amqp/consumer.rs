@@ -276,10 +276,13 @@ impl<P: PaymentProvider, R: OrderRepository> AmqpConsumer<P, R> {
             };
             let session = Arc::clone(&session);
             let interrupt = pool.interrupt.clone();
-            pool.tasks.spawn(async move {
+            // Boxed: an order's future is a few KiB, which the runtime
+            // would otherwise copy several times as it makes the task, and
+            // again as the task ends; a box is copied once.
+            pool.tasks.spawn(Box::pin(async move {
                 process_delivery(&session, delivery, bytes, admission, &interrupt).await;
                 drop(permit);
-            });
+            }));
         }
     }
 }
