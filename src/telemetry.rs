@@ -21,25 +21,25 @@
 
 mod logs;
 pub mod messaging;
+mod propagation;
 mod step;
 
 use std::time::Duration;
 
 use opentelemetry::Context;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
-    SpanBuilder, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-    TracerProvider as _,
+    SpanBuilder, SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider as _,
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator, SdkTracer, SdkTracerProvider};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use self::logs::JsonLogs;
+use self::propagation::ids;
+pub use self::propagation::{context_trace_id, extract, inject};
 pub use self::step::Step;
 
 /// A telemetry set-up that cannot be used. `Display` names the variable
@@ -272,76 +272,6 @@ fn ids_under(parent: &Context) -> SpanContext {
     }
 }
 
-/// Writes `context`'s span into a carrier as the W3C propagator does:
-/// `traceparent` (`00-<trace id>-<span id>-<flags>`, the flags reduced to
-/// `sampled`), and `tracestate` when the span has one (an empty header
-/// would say nothing). Written here rather than by the SDK's propagator, whose
-/// `format!` of the two ids took 1 % of the daemon's CPU for every charge.
-pub fn inject(context: &Context, carrier: &mut dyn Injector) {
-    let span = context.span();
-    let ids = span.span_context();
-    if !ids.is_valid() {
-        return;
-    }
-    let mut traceparent = String::with_capacity(55);
-    traceparent.push_str("00-");
-    push_hex(&mut traceparent, &ids.trace_id().to_bytes());
-    traceparent.push('-');
-    push_hex(&mut traceparent, &ids.span_id().to_bytes());
-    traceparent.push_str(if ids.is_sampled() { "-01" } else { "-00" });
-    carrier.set("traceparent", traceparent);
-    let state = ids.trace_state().header();
-    if !state.is_empty() {
-        carrier.set("tracestate", state);
-    }
-}
-
-/// The trace id of an order's context as 32 lowercase hex digits, if it
-/// has one.
-pub fn context_trace_id(context: &Context) -> Option<String> {
-    valid_ids(context).map(|(trace_id, _)| hex(&trace_id.to_bytes()))
-}
-
-/// The trace and span ids of a context's span as lowercase hex, if valid.
-fn ids(context: &Context) -> Option<(String, String)> {
-    valid_ids(context)
-        .map(|(trace_id, span_id)| (hex(&trace_id.to_bytes()), hex(&span_id.to_bytes())))
-}
-
-/// `bytes` as lowercase hex (what the ids' `Display` writes, without the
-/// formatting machinery).
-fn hex(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(bytes.len().saturating_mul(2));
-    push_hex(&mut text, bytes);
-    text
-}
-
-fn push_hex(text: &mut String, bytes: &[u8]) {
-    for byte in bytes {
-        for nibble in [byte >> 4, byte & 0x0f] {
-            // A nibble is always a hex digit.
-            text.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
-        }
-    }
-}
-
-/// A context's span ids, if valid; formatted only by who needs them.
-fn valid_ids(context: &Context) -> Option<(TraceId, SpanId)> {
-    let span = context.span();
-    let ids = span.span_context();
-    ids.is_valid().then(|| (ids.trace_id(), ids.span_id()))
-}
-
-/// The W3C trace-context propagator (`traceparent`, `tracestate`).
-pub fn propagator() -> TraceContextPropagator {
-    TraceContextPropagator::new()
-}
-
-/// The context a carrier (AMQP headers, HTTP headers) propagates.
-pub fn extract(carrier: &dyn Extractor) -> Context {
-    propagator().extract(carrier)
-}
-
 #[cfg(test)]
 #[allow(clippy::panic)]
 mod tests {
@@ -405,67 +335,6 @@ mod tests {
         let ids = ids_of(&order);
         assert!(ids.is_valid());
         assert!(!ids.is_sampled());
-    }
-
-    /// What the SDK's W3C propagator writes for `context`.
-    fn injected_by_the_sdk(context: &Context) -> std::collections::HashMap<String, String> {
-        let mut headers = std::collections::HashMap::new();
-        propagator().inject_context(context, &mut headers);
-        headers
-    }
-
-    #[test]
-    fn inject_writes_what_the_w3c_propagator_writes_but_an_empty_tracestate() {
-        let state = TraceState::from_key_value([("vendor", "opaque"), ("other", "x")])
-            .unwrap_or_else(|error| panic!("{error}"));
-        let flags = [
-            TraceFlags::SAMPLED,
-            TraceFlags::default(),
-            TraceFlags::new(0xff),
-        ];
-        let examples = [
-            (
-                0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
-                0x00f0_67aa_0ba9_02b7,
-            ),
-            (1, 1),
-            (u128::MAX, u64::MAX),
-        ];
-        for (trace_id, span_id) in examples {
-            for flags in flags {
-                for state in [TraceState::default(), state.clone()] {
-                    let context = Context::new().with_remote_span_context(SpanContext::new(
-                        TraceId::from(trace_id),
-                        SpanId::from(span_id),
-                        flags,
-                        true,
-                        state.clone(),
-                    ));
-                    let mut ours = std::collections::HashMap::new();
-                    inject(&context, &mut ours);
-                    let mut sdk = injected_by_the_sdk(&context);
-                    if sdk.get("tracestate").is_some_and(String::is_empty) {
-                        sdk.remove("tracestate");
-                    }
-                    assert_eq!(ours, sdk, "{trace_id:x} {span_id:x} {flags:?} {state:?}");
-                    assert_eq!(
-                        context_trace_id(&context),
-                        Some(TraceId::from(trace_id).to_string())
-                    );
-                    assert_eq!(
-                        ids(&context),
-                        Some((
-                            TraceId::from(trace_id).to_string(),
-                            SpanId::from(span_id).to_string()
-                        ))
-                    );
-                }
-            }
-        }
-        let mut none = std::collections::HashMap::new();
-        inject(&Context::new(), &mut none);
-        assert!(none.is_empty(), "no span, no header: {none:?}");
-        assert_eq!(context_trace_id(&Context::new()), None);
     }
 
     #[test]
