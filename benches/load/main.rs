@@ -15,7 +15,7 @@
 //! the daemon consumes them, more than the machine keeps up with once the
 //! publisher and the broker's publishing share the cores, so the rate at
 //! which they are committed meanwhile is the highest it sustains; (4)
-//! publish→commit latency at 50 % and 80 % of that sustained rate, and at
+//! publish→commit latency at 100 orders/s, at 50 % and 80 % of that sustained rate, and at
 //! 80 % of the drain rate, each followed by the same rate through the broker
 //! alone (publish→delivery to an ack-only consumer while the daemon is
 //! idle): the part of the latency that is the broker's and the publisher's
@@ -312,8 +312,12 @@ fn first_phases(smoke: bool, drain_rate: f64) -> Vec<Phase> {
     }]
 }
 
-/// The latency phases: half and 80 % of the sustained rate, and 80 % of the
-/// drain rate, which is more than the machine can sustain.
+/// A low rate, where each order arrives alone: what a replica that is mostly
+/// idle pays per order.
+const LOW_RATE: f64 = 100.0;
+
+/// The latency phases: a low rate, half and 80 % of the sustained rate, and
+/// 80 % of the drain rate, which is more than the machine can sustain.
 fn latency_phases(sustained_rate: f64, drain_rate: f64) -> Vec<Phase> {
     let phase = |percent: f64, of: &str, rate: f64| Phase {
         label: format!("{percent}% of {of}"),
@@ -322,6 +326,12 @@ fn latency_phases(sustained_rate: f64, drain_rate: f64) -> Vec<Phase> {
         overload: false,
     };
     vec![
+        Phase {
+            label: format!("{LOW_RATE}/s"),
+            rate: LOW_RATE,
+            length: PHASE,
+            overload: false,
+        },
         phase(50.0, "sustained", sustained_rate),
         phase(80.0, "sustained", sustained_rate),
         phase(80.0, "drain", drain_rate),
