@@ -11,6 +11,10 @@
 //! it: a statement costs the database and the client about the same for one
 //! row as for ten, so a millisecond or two of waiting is what keeps the
 //! cost per order low (and the machine unsaturated) at moderate rates.
+//!
+//! Each worker keeps a state of its own from one batch to the next (the
+//! database adapter keeps its connection there), and lets go of it once it
+//! has waited `idle` for a request.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,16 +54,22 @@ pub struct BatchLimits {
     pub workers: usize,
     /// How long a batch that is not full waits for more requests.
     pub linger: Duration,
+    /// How long a worker waits for a request before it drops its state and
+    /// starts again from the default.
+    pub idle: Duration,
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
-    /// Starts the workers on `tracker`. `run` receives a batch and must
-    /// return exactly one response per request, in the same order; the
-    /// workers stop when every handle has been dropped.
-    pub fn spawn<F, Fut>(limits: BatchLimits, tracker: &TaskTracker, run: F) -> Self
+    /// Starts the workers on `tracker`. `run` receives a worker's state and
+    /// a batch, and must give the state back with exactly one response per
+    /// request, in the same order; each worker starts from `S::default()`,
+    /// and again after `idle` without requests. The workers stop when every
+    /// handle has been dropped.
+    pub fn spawn<S, F, Fut>(limits: BatchLimits, tracker: &TaskTracker, run: F) -> Self
     where
-        F: Fn(Vec<Req>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Resp>> + Send,
+        S: Default + Send + 'static,
+        F: Fn(S, Vec<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = (S, Vec<Resp>)> + Send,
     {
         let (jobs, receiver) = mpsc::channel(limits.queue.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
@@ -67,24 +77,32 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
             let receiver = Arc::clone(&receiver);
             let run = run.clone();
             let max_batch = limits.max_batch.max(1);
-            let linger = limits.linger;
+            let BatchLimits { linger, idle, .. } = limits;
             tracker.spawn(async move {
                 let mut jobs = Vec::with_capacity(max_batch);
+                let mut state = S::default();
                 loop {
-                    let received = {
+                    // Both the lock and `recv_many` are cancel safe: when
+                    // the wait times out, no request has been taken.
+                    let first = async {
                         let mut receiver = receiver.lock().await;
                         let received = receiver.recv_many(&mut jobs, max_batch).await;
-                        if received > 0 {
-                            gather(&mut receiver, &mut jobs, max_batch, linger).await;
-                        }
-                        received
+                        (receiver, received)
+                    };
+                    let Ok((mut receiver, received)) = tokio::time::timeout(idle, first).await
+                    else {
+                        state = S::default();
+                        continue;
                     };
                     if received == 0 {
                         break;
                     }
+                    gather(&mut receiver, &mut jobs, max_batch, linger).await;
+                    drop(receiver);
                     let (requests, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) =
                         jobs.drain(..).unzip();
-                    let responses = run(requests).await;
+                    let (kept, responses) = run(std::mem::take(&mut state), requests).await;
+                    state = kept;
                     for (reply, response) in replies.into_iter().zip(responses) {
                         // A caller that stopped waiting (cancelled at shutdown)
                         // no longer needs its answer.
@@ -152,10 +170,11 @@ mod tests {
             max_batch,
             workers: 1,
             linger,
+            idle: Duration::from_secs(3600),
         };
-        let batcher = Batcher::spawn(limits, &tracker, move |requests: Vec<u32>| {
+        let batcher = Batcher::spawn(limits, &tracker, move |(): (), requests: Vec<u32>| {
             recorded.lock().unwrap().push(requests.len());
-            async move { requests.into_iter().map(|r| r * 2).collect::<Vec<_>>() }
+            async move { ((), requests.into_iter().map(|r| r * 2).collect::<Vec<_>>()) }
         });
         (tracker, sizes, batcher)
     }
@@ -208,14 +227,15 @@ mod tests {
                 max_batch: 100,
                 workers: 1,
                 linger: Duration::ZERO,
+                idle: Duration::from_secs(3600),
             },
             &tracker,
-            move |requests: Vec<u32>| {
+            move |(): (), requests: Vec<u32>| {
                 let counted = Arc::clone(&counted);
                 async move {
                     counted.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    requests.into_iter().map(|r| r * 2).collect::<Vec<_>>()
+                    ((), requests.into_iter().map(|r| r * 2).collect::<Vec<_>>())
                 }
             },
         );
@@ -233,6 +253,40 @@ mod tests {
             batches.load(Ordering::SeqCst) < 100,
             "requests were not batched"
         );
+        drop(batcher);
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Each worker's state goes from one batch to the next, and back to
+    /// the default once the worker has waited `idle` for a request.
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_keeps_its_state_between_batches_until_it_is_idle() {
+        let tracker = TaskTracker::new();
+        let idle = Duration::from_secs(20);
+        let limits = BatchLimits {
+            queue: 10,
+            max_batch: 10,
+            workers: 1,
+            linger: Duration::ZERO,
+            idle,
+        };
+        // The state counts the batches the worker ran since it last started
+        // from the default; every answer is that count.
+        let batcher = Batcher::spawn(
+            limits,
+            &tracker,
+            |runs: u32, requests: Vec<u32>| async move {
+                let runs = runs + 1;
+                (runs, vec![runs; requests.len()])
+            },
+        );
+        assert_eq!(batcher.call(0).await.unwrap(), 1);
+        tokio::time::sleep(idle / 2).await;
+        assert_eq!(batcher.call(0).await.unwrap(), 2, "kept between batches");
+        tokio::time::sleep(idle + Duration::from_secs(1)).await;
+        assert_eq!(batcher.call(0).await.unwrap(), 1, "dropped when idle");
+
         drop(batcher);
         tracker.close();
         tracker.wait().await;

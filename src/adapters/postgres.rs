@@ -27,7 +27,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use self::statements::{Found, SaveFailure, Saved, lookup_batch, save_batch};
+use self::statements::{Found, Held, SaveFailure, Saved, lookup_batch, save_batch};
 
 use crate::batch::{BatchLimits, Batcher};
 use crate::domain::{OrderId, OrderRepository, ProcessedOrder, RepositoryError};
@@ -136,7 +136,8 @@ pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, DatabaseError> {
         .idle_timeout(IDLE_CONNECTION_TIMEOUT)
         // sqlx pings every connection it takes back (which finds one that
         // broke while in use), and by default again before handing it out:
-        // a round trip more for every batch statement. Only a connection
+        // a round trip more for every statement (the batch workers keep
+        // their connection between statements: statements::Held). Only a connection
         // that sat idle is checked again before use, so that one broken
         // while the daemon was idle (a database restart) is replaced
         // instead of failing a statement or the readiness check.
@@ -265,6 +266,7 @@ impl PostgresOrders {
             max_batch: MAX_BATCH,
             workers: BATCH_WORKERS,
             linger: BATCH_LINGER,
+            idle: IDLE_CONNECTION_TIMEOUT,
         };
         let options = pool.connect_options();
         let server = [
@@ -279,21 +281,28 @@ impl PostgresOrders {
                 Arc::<str>::from(options.get_database().unwrap_or("postgres")),
             ),
         ];
+        let keep = keeps_connections(pool.options().get_max_connections());
         let lookup_pool = pool.clone();
         let lookup_metrics = Arc::clone(&metrics);
-        let lookups = Batcher::spawn(limits, tracker, move |ids: Vec<Uuid>| {
+        let lookups = Batcher::spawn(limits, tracker, move |held: Held, ids: Vec<Uuid>| {
             let (pool, metrics) = (lookup_pool.clone(), Arc::clone(&lookup_metrics));
             timed(metrics, Statement::Lookup, ids, async move |ids| {
-                lookup_batch(&pool, ids).await
+                let (held, found) = lookup_batch(&pool, held, ids).await;
+                (held.kept_if(keep), found)
             })
         });
         let save_metrics = Arc::clone(&metrics);
-        let saves = Batcher::spawn(limits, tracker, move |orders: Vec<ProcessedOrder>| {
-            let (pool, metrics) = (pool.clone(), Arc::clone(&save_metrics));
-            timed(metrics, Statement::Save, orders, async move |orders| {
-                save_batch(&pool, orders).await
-            })
-        });
+        let saves = Batcher::spawn(
+            limits,
+            tracker,
+            move |held: Held, orders: Vec<ProcessedOrder>| {
+                let (pool, metrics) = (pool.clone(), Arc::clone(&save_metrics));
+                timed(metrics, Statement::Save, orders, async move |orders| {
+                    let (held, saved) = save_batch(&pool, held, orders).await;
+                    (held.kept_if(keep), saved)
+                })
+            },
+        );
         Self {
             lookups,
             saves,
@@ -303,13 +312,22 @@ impl PostgresOrders {
     }
 }
 
+/// Whether each batch worker keeps its connection between statements
+/// ([`statements::Held`]): only where the pool has room for all of them and
+/// one more (the readiness check, the halves of a refused batch). With
+/// fewer, the workers that hold one would leave the others none.
+fn keeps_connections(max_connections: u32) -> bool {
+    let workers = u32::try_from(BATCH_WORKERS.saturating_mul(2)).unwrap_or(u32::MAX);
+    max_connections > workers
+}
+
 /// Runs one batch statement and records its size and duration.
-async fn timed<T, R>(
+async fn timed<T, O>(
     metrics: Arc<Metrics>,
     statement: Statement,
     batch: Vec<T>,
-    run: impl AsyncFnOnce(Vec<T>) -> Vec<R>,
-) -> Vec<R> {
+    run: impl AsyncFnOnce(Vec<T>) -> O,
+) -> O {
     let (orders, started) = (batch.len(), Instant::now());
     let answers = run(batch).await;
     metrics.database_batch(statement, orders, started.elapsed());
@@ -370,6 +388,15 @@ fn flatten<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_workers_keep_their_connections_only_where_the_pool_has_one_more() {
+        // Two workers for lookups and two for saves.
+        assert!(!keeps_connections(1));
+        assert!(!keeps_connections(4));
+        assert!(keeps_connections(5));
+        assert!(keeps_connections(8));
+    }
 
     #[test]
     fn an_order_waits_longer_for_the_database_when_more_orders_share_its_batches() {

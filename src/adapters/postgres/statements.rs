@@ -19,12 +19,15 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use sqlx::postgres::PgPool;
+use sqlx::Connection as _;
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::STATEMENT_TIMEOUT;
 use super::failure::{Diagnosis, Failure, classify};
+use super::{PING_IF_IDLE_FOR, STATEMENT_TIMEOUT};
 use crate::domain::ProcessedOrder;
 
 /// A lookup's answer: processed or not, or the database's failure.
@@ -39,6 +42,43 @@ pub(super) enum SaveFailure {
 }
 
 pub(super) type Saved = Result<(), SaveFailure>;
+
+/// A batch worker's connection, kept from one statement to the next, with
+/// when it was last used. Taken from the pool for each statement, a
+/// connection costs a round trip more, because sqlx pings it as it comes
+/// back: at low rates, where a batch holds an order or two, each order paid
+/// for two. A failed statement lets go of its connection (the pool tests
+/// it, and closes it if it is broken), and the batcher drops a worker's
+/// connection once the worker has had no order for a while, which gives it
+/// back to the pool. The workers keep their connections only where the pool
+/// has one more for everything else (`keeps_connections`).
+#[derive(Default)]
+pub(super) struct Held(Option<(PoolConnection<Postgres>, Instant)>);
+
+impl Held {
+    /// This connection if `keep`, else none: the connection goes back to
+    /// the pool.
+    pub(super) fn kept_if(self, keep: bool) -> Self {
+        if keep { self } else { Self::default() }
+    }
+
+    fn keep(connection: PoolConnection<Postgres>) -> Self {
+        Self(Some((connection, Instant::now())))
+    }
+
+    /// The connection for the next statement: the one kept, pinged first if
+    /// it sat idle (a database restart may have broken it meanwhile) and
+    /// replaced if that fails, or else one from the pool.
+    async fn take(self, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        if let Some((mut connection, used)) = self.0 {
+            if used.elapsed() <= PING_IF_IDLE_FOR || connection.ping().await.is_ok() {
+                return Ok(connection);
+            }
+            connection.close_on_drop();
+        }
+        pool.acquire().await
+    }
+}
 
 /// Runs `query`, failing it as timed out at `deadline`.
 async fn until<T>(
@@ -61,37 +101,53 @@ fn deadline() -> Instant {
     now.checked_add(STATEMENT_TIMEOUT).unwrap_or(now)
 }
 
-pub(super) async fn lookup_batch(pool: &PgPool, ids: Vec<Uuid>) -> Vec<Found> {
-    let query =
-        sqlx::query_scalar::<_, Uuid>("SELECT order_id FROM orders WHERE order_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(pool);
-    match until(deadline(), query).await {
-        Ok(found) => {
+pub(super) async fn lookup_batch(pool: &PgPool, held: Held, ids: Vec<Uuid>) -> (Held, Vec<Found>) {
+    let lookup = async {
+        let mut connection = held.take(pool).await?;
+        let found =
+            sqlx::query_scalar::<_, Uuid>("SELECT order_id FROM orders WHERE order_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *connection)
+                .await?;
+        Ok((connection, found))
+    };
+    match until(deadline(), lookup).await {
+        Ok((connection, found)) => {
             let found: std::collections::HashSet<Uuid> = found.into_iter().collect();
-            ids.iter().map(|id| Ok(found.contains(id))).collect()
+            let answers = ids.iter().map(|id| Ok(found.contains(id))).collect();
+            (Held::keep(connection), answers)
         }
         // Its one parameter is an array of uuids: no value of an order can
         // be refused, so any failure is the database's.
         Err(error) => {
             unavailable("lookup", ids.len(), &error);
-            vec![Err(Arc::new(error)); ids.len()]
+            (Held::default(), vec![Err(Arc::new(error)); ids.len()])
         }
     }
 }
 
-pub(super) async fn save_batch(pool: &PgPool, orders: Vec<ProcessedOrder>) -> Vec<Saved> {
-    let error = match until(deadline(), insert(pool, &orders)).await {
-        Ok(()) => return vec![Ok(()); orders.len()],
+pub(super) async fn save_batch(
+    pool: &PgPool,
+    held: Held,
+    orders: Vec<ProcessedOrder>,
+) -> (Held, Vec<Saved>) {
+    let save = async {
+        let mut connection = held.take(pool).await?;
+        insert(&mut connection, &orders).await?;
+        Ok(connection)
+    };
+    let error = match until(deadline(), save).await {
+        Ok(connection) => return (Held::keep(connection), vec![Ok(()); orders.len()]),
         Err(error) => error,
     };
-    match classify(&error) {
+    let saved = match classify(&error) {
         Failure::Unavailable => {
             unavailable("save", orders.len(), &error);
             vec![Err(SaveFailure::Unavailable(Arc::new(error))); orders.len()]
         }
         Failure::Refused => save_in_halves(pool, &orders, error).await,
-    }
+    };
+    (Held::default(), saved)
 }
 
 /// Saves what it can of a batch whose statement was refused. The halving
@@ -120,7 +176,11 @@ async fn save_in_halves(
         let middle = range.start.saturating_add(range.len() / 2);
         for half in [range.start..middle, middle..range.end] {
             let rows = orders.get(half.clone()).unwrap_or_default();
-            match until(deadline, insert(pool, rows)).await {
+            let half_saved = async {
+                let mut connection = pool.acquire().await?;
+                insert(&mut connection, rows).await
+            };
+            match until(deadline, half_saved).await {
                 Ok(()) => answer(&mut answers, half, &Ok(())),
                 Err(error) => match classify(&error) {
                     Failure::Refused => to_split.push((half, Arc::new(error))),
@@ -165,7 +225,10 @@ fn finish(answers: Vec<Option<Saved>>, rest: &Saved) -> Vec<Saved> {
         .collect()
 }
 
-async fn insert(pool: &PgPool, orders: &[ProcessedOrder]) -> Result<(), sqlx::Error> {
+async fn insert(
+    connection: &mut PgConnection,
+    orders: &[ProcessedOrder],
+) -> Result<(), sqlx::Error> {
     let count = orders.len();
     let mut ids = Vec::with_capacity(count);
     let mut customers = Vec::with_capacity(count);
@@ -192,7 +255,7 @@ async fn insert(pool: &PgPool, orders: &[ProcessedOrder]) -> Result<(), sqlx::Er
     .bind(&totals)
     .bind(&charges)
     .bind(&traces)
-    .execute(pool)
+    .execute(connection)
     .await
     .map(|_| ())
 }
