@@ -15,11 +15,11 @@
 //! the daemon consumes them, more than the machine keeps up with once the
 //! publisher and the broker's publishing share the cores, so the rate at
 //! which they are committed meanwhile is the highest it sustains; (4)
-//! publish→commit latency at 100 orders/s, at 50 % and 80 % of that sustained rate, and at
-//! 80 % of the drain rate, each followed by the same rate through the broker
-//! alone (publish→delivery to an ack-only consumer while the daemon is
-//! idle): the part of the latency that is the broker's and the publisher's
-//! on this machine, whatever the consumer; (5) the daemon's RSS over the
+//! publish→commit latency at 100 orders/s, at 50 % and 80 % of that
+//! sustained rate, and at 80 % of the drain rate, each followed by the same
+//! rate through the broker alone (publish→delivery to an ack-only consumer
+//! while the daemon is idle): the part of the latency that is the broker's
+//! and the publisher's on this machine, whatever the consumer; (5) the daemon's RSS over the
 //! whole run against that of a fresh idle daemon, with a provider that
 //! answers in 2 s and a quiet minute at the end (`memory`). For (1) and (2) queues are filled before the
 //! clock starts, so the publisher is not measured. Each run uses its own
